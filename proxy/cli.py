@@ -1,0 +1,130 @@
+"""The ``shadow-proxy`` command: run, check-config, demo.
+
+Settings are loaded here, once, and passed down. Exit status 2 means the
+config (or the command line) is wrong; the message names the field and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from proxy import logs
+from proxy.errors import ConfigError
+from proxy.server import serve
+from proxy.settings import Settings, load_settings
+
+EXIT_CONFIG = 2
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shadow-proxy",
+        description="Mirror traffic from a legacy service to an AI agent, compare, shift.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the proxy")
+    run.add_argument("--config", required=True, type=Path, metavar="FILE")
+
+    check = sub.add_parser("check-config", help="validate a config file and print it normalized")
+    check.add_argument("file", type=Path, metavar="FILE")
+
+    sub.add_parser("schema", help="print the config file's JSON Schema")
+
+    demo = sub.add_parser("demo", help="legacy + agent + proxy + traffic, with a live summary")
+    demo.add_argument("--config", type=Path, default=DEMO_CONFIG, metavar="FILE")
+    demo.add_argument("--duration", type=float, default=None, help="seconds (default: until ^C)")
+    demo.add_argument("--rate", type=float, default=None, help="requests per second")
+    demo.add_argument("--interval", type=float, default=None, help="seconds between summaries")
+    demo.add_argument("--port", type=int, default=None, help="proxy port (0: any free port)")
+    demo.add_argument("--admin-port", type=int, default=None, help="admin port (0: any)")
+    return parser
+
+
+def _load(path: Path) -> Settings:
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        print(f"error: {exc.source} is not a valid config:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main(stop)`` on uvloop when available; SIGTERM/SIGINT set ``stop``."""
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+
+    async def wrapper() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(wrapper())
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    logs.configure(settings.logging)
+    run_async(lambda stop: serve(settings, stop))
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _load(args.file)
+    normalized = settings.model_dump(mode="json", exclude_none=True)
+    print(yaml.safe_dump(normalized, sort_keys=False), end="")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(Settings.model_json_schema(), indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from proxy.demo.runner import DemoOptions, run_demo
+
+    if not args.config.exists():
+        print(f"error: demo config {args.config} not found; pass --config FILE", file=sys.stderr)
+        return EXIT_CONFIG
+    settings = _load(args.config)
+    logs.configure(settings.logging, stream=sys.stderr)
+    options = DemoOptions.from_args(args)
+    run_async(lambda stop: run_demo(settings, options, stop))
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "check-config": cmd_check_config,
+    "schema": cmd_schema,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return COMMANDS[args.command](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

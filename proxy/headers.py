@@ -1,0 +1,104 @@
+"""Header rewriting between client, proxy and backends (pure).
+
+Hop-by-hop headers describe one connection and never cross the proxy
+(RFC 9110 section 7.6.1): the fixed list below plus every name listed in the
+``Connection`` header. What crosses is copied once, in order, with repeated
+names (``Set-Cookie``) kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+SHADOW_MARKER = "X-Shadow-Request"
+REQUEST_ID = "X-Request-Id"
+
+Headers = CIMultiDict[str] | CIMultiDictProxy[str]
+
+
+def _connection_tokens(headers: Headers) -> frozenset[str]:
+    values = headers.getall("Connection", ())
+    if not values:
+        return HOP_BY_HOP
+    named = {t.strip().lower() for v in values for t in v.split(",") if t.strip()}
+    return HOP_BY_HOP | named
+
+
+def end_to_end(headers: Headers, also_drop: Iterable[str] = ()) -> CIMultiDict[str]:
+    """A copy without hop-by-hop headers and without the names in ``also_drop``."""
+    drop = _connection_tokens(headers).union(also_drop)
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+
+
+def to_upstream(
+    headers: Headers,
+    *,
+    client_ip: str | None,
+    scheme: str,
+    preserve_host: bool,
+) -> CIMultiDict[str]:
+    """What a backend receives: end-to-end headers plus X-Forwarded-*.
+
+    ``Host`` is the backend's own (set by the client session from the URL)
+    unless the route preserves the client's.
+    """
+    out = end_to_end(headers, () if preserve_host else ("host",))
+    client_host = headers.get("Host")
+    if client_ip:
+        prior = headers.get("X-Forwarded-For")
+        out["X-Forwarded-For"] = f"{prior}, {client_ip}" if prior else client_ip
+    out["X-Forwarded-Proto"] = scheme
+    if client_host:
+        out["X-Forwarded-Host"] = client_host
+    return out
+
+
+def to_client(headers: Headers) -> CIMultiDict[str]:
+    """What the client receives from a backend's response."""
+    return end_to_end(headers)
+
+
+def to_shadow(
+    upstream: Mapping[str, str] | CIMultiDict[str],
+    *,
+    add: Mapping[str, str],
+    drop: Iterable[str],
+) -> CIMultiDict[str]:
+    """The agent's copy: marked as shadow, minus configured secrets, plus extras.
+
+    The body is resent from the capture, so its length is recomputed.
+    """
+    dropped = {name.lower() for name in drop} | {"content-length"}
+    out = CIMultiDict((k, v) for k, v in upstream.items() if k.lower() not in dropped)
+    out.update(add)
+    out[SHADOW_MARKER] = "1"
+    return out
+
+
+def trace_id(traceparent: str | None) -> str | None:
+    """The trace id of a W3C ``traceparent`` (``00-<32 hex>-<16 hex>-<2 hex>``)."""
+    if not traceparent:
+        return None
+    parts = traceparent.strip().split("-")
+    if len(parts) < 4 or len(parts[1]) != 32 or parts[1] == "0" * 32:
+        return None
+    try:
+        int(parts[1], 16)
+    except ValueError:
+        return None
+    return parts[1].lower()

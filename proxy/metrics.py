@@ -1,0 +1,163 @@
+"""Every Prometheus series the proxy exports, built on an injected registry.
+
+Label values come from closed sets: route names from config (plus
+``unmatched``), backend in {legacy, agent}, mode in {live, shadow}, outcomes
+and verdicts from enums, and mismatch paths capped per route with the rest
+counted as ``other``. Label children are cached so the hot path does a dict
+lookup, not a label-tuple validation, per observation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from comparators import Comparison, Verdict
+from comparators.paths import generalize
+from proxy.agreement import RollingAgreement
+from proxy.types import Mode, ShadowOutcome
+
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+OVERHEAD_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+)  # fmt: skip
+SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+OTHER_PATH = "other"
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status <= 599 else "other"
+
+
+class Metrics:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        routes: Sequence[str],
+        *,
+        mismatch_paths_per_route: int = 50,
+        agreement_window: int = 200,
+    ) -> None:
+        self.registry = registry
+        p = "shadow_proxy_"
+        r = registry
+        self._requests = Counter(
+            p + "requests", "Live requests answered to clients, by the backend that served them.",
+            ["route", "backend", "status_class"], registry=r,
+        )  # fmt: skip
+        self._upstream = Histogram(
+            p + "upstream_duration_seconds", "Upstream exchange time, request to last byte.",
+            ["route", "backend", "mode"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self._upstream_errors = Counter(
+            p + "upstream_errors", "Upstream exchanges that produced no usable answer.",
+            ["route", "backend", "mode", "kind"], registry=r,
+        )  # fmt: skip
+        self._overhead = Histogram(
+            p + "overhead_seconds", "Time spent in the proxy itself, upstream wait excluded.",
+            ["route"], buckets=OVERHEAD_BUCKETS, registry=r,
+        )  # fmt: skip
+        self._rejected = Counter(
+            p + "rejected_requests", "Requests refused by the proxy itself.",
+            ["route", "reason"], registry=r,
+        )  # fmt: skip
+        self._shadow = Counter(
+            p + "shadow_requests", "Shadow requests by outcome.", ["route", "outcome"], registry=r
+        )
+        self.shadow_in_flight = Gauge(
+            p + "shadow_in_flight", "Shadow requests currently in flight.", registry=r
+        )
+        self._comparisons = Counter(
+            p + "comparisons", "Comparisons by verdict.", ["route", "verdict"], registry=r
+        )
+        self._score = Histogram(
+            p + "comparison_score", "Comparison score, 0 (nothing alike) to 1 (identical).",
+            ["route"], buckets=SCORE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self._agreement_gauge = Gauge(
+            p + "agreement_ratio", "Matches over decided comparisons in the rolling window.",
+            ["route"], registry=r,
+        )  # fmt: skip
+        self._mismatch = Counter(
+            p + "mismatch_fields", "Differences by field path (indices folded to [*]).",
+            ["route", "path"], registry=r,
+        )  # fmt: skip
+        self._paths_cap = mismatch_paths_per_route
+        self._paths: dict[str, set[str]] = {}
+        self._agreement = {name: RollingAgreement(agreement_window) for name in routes}
+        self._children: dict[tuple[Any, ...], Any] = {}
+        self._prime(routes)
+
+    @classmethod
+    def for_process(cls, routes: Sequence[str], **kwargs: Any) -> Metrics:
+        """A fresh registry that also exports the process's CPU, memory and fds."""
+        registry = CollectorRegistry()
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        return cls(registry, routes, **kwargs)
+
+    def _prime(self, routes: Iterable[str]) -> None:
+        """Create every known series at zero so rates work from the first scrape."""
+        for route in routes:
+            for outcome in ShadowOutcome:
+                self._child(self._shadow, route, outcome.value)
+            for verdict in Verdict:
+                self._child(self._comparisons, route, verdict.value)
+            self._child(self._overhead, route)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def request(self, route: str, backend: str, status: int) -> None:
+        self._child(self._requests, route, backend, status_class(status)).inc()
+
+    def upstream(self, route: str, backend: str, mode: Mode, seconds: float) -> None:
+        self._child(self._upstream, route, backend, mode.value).observe(seconds)
+
+    def upstream_error(self, route: str, backend: str, mode: Mode, kind: str) -> None:
+        self._child(self._upstream_errors, route, backend, mode.value, kind).inc()
+
+    def overhead(self, route: str, seconds: float) -> None:
+        self._child(self._overhead, route).observe(seconds)
+
+    def rejected(self, route: str, reason: str) -> None:
+        self._child(self._rejected, route, reason).inc()
+
+    def shadow(self, route: str, outcome: ShadowOutcome) -> None:
+        self._child(self._shadow, route, outcome.value).inc()
+
+    def comparison(self, route: str, result: Comparison) -> None:
+        self._child(self._comparisons, route, result.verdict.value).inc()
+        if result.verdict not in (Verdict.MATCH, Verdict.MISMATCH):
+            return
+        self._child(self._score, route).observe(result.score)
+        window = self._agreement.get(route)
+        if window is not None:
+            window.add(result.verdict is Verdict.MATCH)
+            self._child(self._agreement_gauge, route).set(window.ratio())
+        for path in {self._path_label(route, d.path) for d in result.differences}:
+            self._child(self._mismatch, route, path).inc()
+
+    def agreement(self, route: str) -> RollingAgreement | None:
+        return self._agreement.get(route)
+
+    def _path_label(self, route: str, path: str) -> str:
+        label = generalize(path)
+        seen = self._paths.setdefault(route, set())
+        if label in seen:
+            return label
+        if len(seen) < self._paths_cap:
+            seen.add(label)
+            return label
+        return OTHER_PATH
+

@@ -1,0 +1,73 @@
+"""Running the proxy and admin listeners, and stopping them gracefully.
+
+Stop order matters: readiness turns 503 first (so a load balancer stops
+sending), then the traffic listener closes and in-flight live requests
+finish, then shadow work gets its bounded grace, and the admin listener goes
+last so the drain can still be scraped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from aiohttp import web
+
+from proxy.admin import Health, create_admin_app
+from proxy.app import build_metrics, create_app
+from proxy.metrics import Metrics
+from proxy.settings import Settings
+
+log = structlog.get_logger("proxy.server")
+
+
+def _url(runner: web.AppRunner) -> str:
+    host, port = runner.addresses[0][:2]
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"http://{host}:{port}"
+
+
+class ProxyServer:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or build_metrics(settings, process=True)
+        self.health = Health()
+        self._proxy = web.AppRunner(
+            create_app(settings, self.metrics, self.health),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=settings.shutdown.timeout,
+        )
+        self._admin = web.AppRunner(
+            create_admin_app(self.metrics, self.health), access_log=None, handle_signals=False
+        )
+        self.proxy_url = ""
+        self.admin_url = ""
+
+    async def start(self) -> None:
+        s = self.settings
+        await self._admin.setup()
+        await web.TCPSite(self._admin, s.admin.host, s.admin.port, reuse_address=True).start()
+        await self._proxy.setup()
+        await web.TCPSite(self._proxy, s.listen.host, s.listen.port, reuse_address=True).start()
+        self.proxy_url, self.admin_url = _url(self._proxy), _url(self._admin)
+        log.info("listening", proxy=self.proxy_url, admin=self.admin_url)
+
+    async def stop(self) -> None:
+        self.health.draining = True
+        log.info("draining", delay_s=self.settings.shutdown.drain_delay)
+        if self.settings.shutdown.drain_delay:
+            await asyncio.sleep(self.settings.shutdown.drain_delay)
+        await self._proxy.cleanup()
+        await self._admin.cleanup()
+        log.info("stopped")
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Run until ``stop`` is set, then drain."""
+    server = ProxyServer(settings)
+    await server.start()
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()

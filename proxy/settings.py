@@ -1,0 +1,293 @@
+"""The one settings model, loaded at the edge (CLI) and passed down.
+
+A YAML file gives the values; ``SHADOW_PROXY_*`` environment variables (``__``
+between nested names) override them, so a Helm chart can change one knob
+without templating the whole file.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.json_schema import GetJsonSchemaHandler, JsonSchemaValue
+from pydantic_core import core_schema
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from yarl import URL
+
+import comparators
+from proxy.errors import ConfigError
+from proxy.units import ByteSize, Duration
+
+UNMATCHED_ROUTE = "unmatched"
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token (methods, header names)
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Listener(Model):
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
+
+
+class AdminListener(Listener):
+    host: str = "127.0.0.1"
+    port: int = Field(9090, ge=0, le=65535)
+
+
+class Backend(Model):
+    url: str = Field(description="http(s)://host:port[/base-path] of the backend")
+    connect_timeout: Duration = 2.0
+    timeout: Duration = Field(30.0, description="total time for one exchange, body included")
+    max_connections: int = Field(512, ge=1, description="pooled connections to this backend")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        url = URL(value)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("must be an absolute http:// or https:// URL with a host")
+        if url.query_string or url.fragment:
+            raise ValueError("must not carry a query string or fragment")
+        return value.rstrip("/")
+
+    @field_validator("timeout", "connect_timeout")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than zero")
+        return value
+
+
+class Backends(Model):
+    legacy: Backend
+    agent: Backend | None = None
+
+
+class StickyKey(Model):
+    """Where to find the value hashed for deterministic sampling: exactly one."""
+
+    header: str | None = None
+    cookie: str | None = None
+    query: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        given = [n for n in ("header", "cookie", "query") if getattr(self, n)]
+        if len(given) != 1:
+            raise ValueError("set exactly one of header, cookie, query")
+        return self
+
+
+class RouteShadow(Model):
+    enabled: bool = False
+    percent: float = Field(100.0, ge=0, le=100, description="share of requests mirrored")
+    sticky_key: StickyKey | None = None
+    rate_limit: float | None = Field(None, gt=0, description="shadow requests per second")
+
+
+class PathMatch(Model):
+    exact: str | None = None
+    prefix: str | None = None
+    regex: str | None = Field(None, description="matched against the whole path")
+    methods: tuple[str, ...] = Field((), description="empty means any method")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        given = [n for n in ("exact", "prefix", "regex") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("set exactly one of exact, prefix, regex")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                raise ValueError(f"regex does not compile: {exc}") from None
+        return self
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for method in value:
+            if not _TOKEN.match(method):
+                raise ValueError(f"{method!r} is not an HTTP method")
+        return tuple(m.upper() for m in value)
+
+
+class ComparatorSpec(BaseModel):
+    """``{name: json, ignore: [...]}`` or just ``json``; options are checked now."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _buildable(self) -> Self:
+        self.build()  # an unknown name or a bad option fails at load time
+        return self
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def build(self) -> comparators.Comparator:
+        return comparators.build(self.name, self.options)
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        variants: list[JsonSchemaValue] = [{"type": "string", "enum": comparators.known()}]
+        for name in comparators.known():
+            options = comparators.options_schema(name)
+            variants.append(
+                {
+                    "type": "object",
+                    "title": f"{name} comparator",
+                    "properties": {"name": {"const": name}, **options.get("properties", {})},
+                    "required": ["name", *options.get("required", [])],
+                    "additionalProperties": False,
+                }
+            )
+        return {"oneOf": variants}
+
+
+class Route(Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=64)
+    match: PathMatch
+    preserve_host: bool = Field(False, description="send the client's Host upstream")
+    max_body_size: ByteSize | None = Field(None, description="default: the top-level one")
+    side_effect_free: bool = Field(False, description="allow mirroring non-GET/HEAD/OPTIONS")
+    shadow: RouteShadow = RouteShadow()
+    compare: tuple[ComparatorSpec, ...] = (
+        ComparatorSpec(name="status"),
+        ComparatorSpec(name="json"),
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value == UNMATCHED_ROUTE:
+            raise ValueError(f"{UNMATCHED_ROUTE!r} is reserved for requests no route matches")
+        return value
+
+
+class ShadowSettings(Model):
+    max_in_flight: int = Field(256, ge=1, description="shadow requests in flight, all routes")
+    timeout: Duration = Field(5.0, description="total time for one shadow exchange")
+    capture_limit: ByteSize = Field(
+        1024 * 1024, description="largest request or response body kept for comparison"
+    )
+    add_headers: dict[str, str] = Field(default_factory=dict)
+    drop_headers: tuple[str, ...] = ()
+
+
+class MetricsSettings(Model):
+    mismatch_paths_per_route: int = Field(50, ge=1, description="distinct path labels per route")
+    agreement_window: int = Field(200, ge=1, description="comparisons in the rolling agreement")
+
+
+class LoggingSettings(Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: console on a terminal, JSON lines otherwise"
+    )
+    max_differences: int = Field(20, ge=0, description="differences per mismatch event")
+    max_value_chars: int = Field(200, ge=16, description="longer values are truncated")
+
+
+class ShutdownSettings(Model):
+    drain_delay: Duration = Field(0.0, description="keep serving after readiness turns 503")
+    timeout: Duration = Field(30.0, description="wait this long for in-flight live requests")
+    shadow_grace: Duration = Field(5.0, description="then give shadow work this long")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SHADOW_PROXY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    listen: Listener = Listener()
+    admin: AdminListener = AdminListener()
+    backends: Backends
+    shadow: ShadowSettings = ShadowSettings()
+    max_body_size: ByteSize = Field(64 * 1024 * 1024, description="request body limit (413)")
+    routes: tuple[Route, ...] = ()
+    metrics: MetricsSettings = MetricsSettings()
+    logging: LoggingSettings = LoggingSettings()
+    shutdown: ShutdownSettings = ShutdownSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)  # the environment overrides the file
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        names = [r.name for r in self.routes]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"route names must be unique; repeated: {', '.join(duplicates)}")
+        shadowed = [r.name for r in self.routes if r.shadow.enabled]
+        if shadowed and self.backends.agent is None:
+            raise ValueError(
+                f"routes {', '.join(shadowed)} enable shadow but backends.agent is not set"
+            )
+        return self
+
+    def route_body_limit(self, route: Route | None) -> int:
+        if route is None or route.max_body_size is None:
+            return self.max_body_size
+        return route.max_body_size
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read, parse and validate one YAML file, or raise :class:`ConfigError`."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, [f"cannot read file: {exc.strerror or exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [f"not valid YAML: {exc}".replace("\n", " ")]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["the top level must be a mapping of settings"])
+    return settings_from(data, source=source)
+
+
+def settings_from(data: dict[str, Any], *, source: str = "<config>") -> Settings:
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(source, format_errors(exc)) from None
+
+
+def format_errors(exc: ValidationError) -> list[str]:
+    """One line per problem: ``routes.0.match: set exactly one of exact, prefix, regex``."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        loc = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {message}")
+    return lines

@@ -1,0 +1,245 @@
+"""The shadow path: mirror a request to the agent, compare, record.
+
+Nothing here is on the client's clock. :meth:`Shadow.admit` runs inside the
+live handler and only decides (synchronously, no I/O); the agent call and the
+comparison run in a background task. Every bound — sampling, in-flight,
+rate, capture size, timeout — is counted when hit, and every agent-side
+failure becomes data (an :class:`Observation` with an error), never an
+exception in the live path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from time import perf_counter
+
+import aiohttp
+import structlog
+from asyncio_throttle import Throttler
+from multidict import CIMultiDict
+
+from comparators import Comparison, Verdict, compare
+from proxy.capture import BodyCapture
+from proxy.headers import REQUEST_ID, to_shadow, trace_id
+from proxy.logs import truncate
+from proxy.metrics import Metrics
+from proxy.routes import CompiledRoute
+from proxy.settings import LoggingSettings, ShadowSettings
+from proxy.tasks import TaskSet
+from proxy.types import AGENT, Mode, Observation, ShadowOutcome
+from proxy.upstream import Upstream
+
+log = structlog.get_logger("proxy.shadow")
+
+# Bodies above this are compared on a worker thread so the loop keeps serving.
+_INLINE_COMPARE_BYTES = 64 * 1024
+
+
+class RateGate:
+    """A non-blocking face on asyncio-throttle: admit now or drop, never wait.
+
+    ``Throttler.acquire`` sleeps until a slot frees; a shadow request that
+    waits is worse than one dropped, so this peeks at the throttler's log of
+    recent acquisitions (the same check ``acquire`` makes) and records one
+    only when it is admitted.
+    """
+
+    def __init__(self, per_second: float) -> None:
+        limit = max(1, math.ceil(per_second))
+        self._throttler = Throttler(rate_limit=limit, period=limit / per_second)
+
+    def admit(self) -> bool:
+        throttler = self._throttler
+        throttler.flush()
+        if len(throttler._task_logs) >= throttler.rate_limit:
+            return False
+        throttler._task_logs.append(time.monotonic())
+        return True
+
+
+@dataclass(slots=True)
+class ShadowJob:
+    """One admitted mirror; the live handler fills in the two futures."""
+
+    route: CompiledRoute
+    method: str
+    raw_path: str
+    headers: CIMultiDict[str]
+    request_id: str
+    traceparent: str | None
+    body: asyncio.Future[bytes | ShadowOutcome]  # the captured request body, or why not
+    live: asyncio.Future[Observation]
+
+
+class Shadow:
+    def __init__(
+        self,
+        agent: Upstream,
+        settings: ShadowSettings,
+        logging: LoggingSettings,
+        metrics: Metrics,
+        tasks: TaskSet,
+        routes: Sequence[CompiledRoute],
+    ) -> None:
+        self.agent = agent
+        self.settings = settings
+        self.capture_limit = settings.capture_limit
+        self._logging = logging
+        self._metrics = metrics
+        self._tasks = tasks
+        self._timeout = agent.timeout(settings.timeout)
+        self._gates = {r.name: RateGate(r.rate_limit) for r in routes if r.rate_limit}
+        self.in_flight = 0
+
+    def admit(
+        self,
+        route: CompiledRoute,
+        method: str,
+        raw_path: str,
+        upstream_headers: CIMultiDict[str],
+        query: Mapping[str, str],
+        content_length: int | None,
+    ) -> ShadowJob | None:
+        """Decide whether this request is mirrored; count the reason when not."""
+        name = route.name
+        outcome = None
+        if not route.may_mirror(method):
+            outcome = ShadowOutcome.SKIPPED_UNSAFE
+        elif route.sampler is not None and not route.sampler.sampled(upstream_headers, query):
+            outcome = ShadowOutcome.SKIPPED_SAMPLE
+        elif content_length is not None and content_length > self.capture_limit:
+            outcome = ShadowOutcome.SKIPPED_SIZE
+        elif self.in_flight >= self.settings.max_in_flight:
+            outcome = ShadowOutcome.DROPPED_INFLIGHT
+        elif (gate := self._gates.get(name)) is not None and not gate.admit():
+            outcome = ShadowOutcome.DROPPED_RATE
+        if outcome is not None:
+            self._metrics.shadow(name, outcome)
+            return None
+
+        request_id = upstream_headers.get(REQUEST_ID)
+        if request_id is None:  # both backends see the same id, so their logs join
+            request_id = upstream_headers[REQUEST_ID] = secrets.token_hex(8)
+        loop = asyncio.get_running_loop()
+        job = ShadowJob(
+            route=route,
+            method=method,
+            raw_path=raw_path,
+            headers=to_shadow(
+                upstream_headers, add=self.settings.add_headers, drop=self.settings.drop_headers
+            ),
+            request_id=request_id,
+            traceparent=upstream_headers.get("traceparent"),
+            body=loop.create_future(),
+            live=loop.create_future(),
+        )
+        self.in_flight += 1
+        self._metrics.shadow_in_flight.set(self.in_flight)
+        self._tasks.spawn(self._run(job), name=f"shadow:{name}")
+        return job
+
+    async def _run(self, job: ShadowJob) -> None:
+        name = job.route.name
+        try:
+            body = await job.body
+            if isinstance(body, ShadowOutcome):
+                self._metrics.shadow(name, body)
+                return
+            self._metrics.shadow(name, ShadowOutcome.SENT)
+            agent = await self._call_agent(job, body)
+            live = await job.live
+            result = await self._compare(job.route, live, agent)
+            self._metrics.comparison(name, result)
+            if result.verdict is Verdict.MISMATCH:
+                self._log_mismatch(job, live, agent, result)
+        except asyncio.CancelledError:
+            self._metrics.shadow(name, ShadowOutcome.CANCELLED)
+            raise
+        finally:
+            self.in_flight -= 1
+            self._metrics.shadow_in_flight.set(self.in_flight)
+
+    async def _call_agent(self, job: ShadowJob, body: bytes) -> Observation:
+        name = job.route.name
+        start = perf_counter()
+        try:
+            async with self.agent.request(
+                job.method, job.raw_path, job.headers, body or None, timeout=self._timeout
+            ) as response:
+                capture = BodyCapture(self.capture_limit)
+                async for chunk in response.content.iter_any():
+                    if not capture.feed(chunk):
+                        break  # over the limit: stop reading, the comparison is skipped
+                latency = perf_counter() - start
+                observation = Observation(
+                    AGENT,
+                    response.status,
+                    {k.lower(): v for k, v in response.headers.items()},
+                    capture.value(),
+                    latency,
+                )
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            failure = self.agent.failure(exc, self._timeout)
+            timed_out = failure.kind == "timeout"
+            self._metrics.upstream_error(name, AGENT, Mode.SHADOW, failure.kind)
+            self._metrics.shadow(
+                name, ShadowOutcome.TIMEOUT if timed_out else ShadowOutcome.ERROR
+            )
+            log.info("shadow_failed", route=name, request_id=job.request_id, reason=failure.reason)
+            return Observation(AGENT, latency=perf_counter() - start, error=failure.reason)
+        self._metrics.upstream(name, AGENT, Mode.SHADOW, latency)
+        self._metrics.shadow(name, ShadowOutcome.COMPLETED)
+        return observation
+
+    async def _compare(
+        self, route: CompiledRoute, live: Observation, agent: Observation
+    ) -> Comparison:
+        if live.error is not None:
+            return Comparison.skipped(f"legacy failed: {live.error}")
+        if agent.error is not None:
+            return Comparison.error(f"agent failed: {agent.error}")
+        if live.body is None:
+            return Comparison.skipped("legacy body exceeds the capture limit")
+        if agent.body is None:
+            return Comparison.skipped("agent body exceeds the capture limit")
+        legacy_sample, agent_sample = live.sample(), agent.sample()
+        if len(live.body) + len(agent.body) <= _INLINE_COMPARE_BYTES:
+            return compare(route.comparators, legacy_sample, agent_sample)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            None, compare, route.comparators, legacy_sample, agent_sample
+        )
+
+    def _log_mismatch(
+        self, job: ShadowJob, live: Observation, agent: Observation, result: Comparison
+    ) -> None:
+        cap, chars = self._logging.max_differences, self._logging.max_value_chars
+        differences = [
+            {
+                "path": d.path,
+                "kind": d.kind.value,
+                "legacy": truncate(d.legacy, chars),
+                "agent": truncate(d.agent, chars),
+            }
+            for d in result.differences[:cap]
+        ]
+        log.info(
+            "mismatch",
+            route=job.route.name,
+            request_id=job.request_id,
+            trace_id=trace_id(job.traceparent),
+            method=job.method,
+            path=truncate(job.raw_path, chars),
+            legacy_ms=round(live.latency * 1000, 2),
+            agent_ms=round(agent.latency * 1000, 2),
+            legacy_status=live.status,
+            agent_status=agent.status,
+            score=round(result.score, 4),
+            differences=differences,
+            differences_omitted=max(0, len(result.differences) - cap),
+        )

@@ -1,0 +1,88 @@
+"""Human units in config: durations (``250ms``, ``30s``) and sizes (``10MiB``).
+
+Config files are written by people; a bare number is accepted too (seconds,
+bytes) so environment overrides stay easy to type.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, WithJsonSchema
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_SCALE = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
+_SIZE_SCALE = {
+    None: 1,
+    "B": 1,
+    "KB": 1000,
+    "KiB": 1024,
+    "MB": 1000**2,
+    "MiB": 1024**2,
+    "GB": 1000**3,
+    "GiB": 1024**3,
+}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``250ms``/``30s``/``5m``/``1h`` or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like '250ms' or '30s'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _DURATION_SCALE[m.group(2)]
+    else:
+        raise ValueError(f"expected a duration like '250ms' or '30s', got {value!r}")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from ``512KiB``/``10MB``/``1GiB`` or a plain number of bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size like '64KiB' or '10MiB'")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, float) and value.is_integer():
+        size = int(value)
+    elif isinstance(value, str) and (m := _SIZE.match(value)):
+        size = int(float(m.group(1)) * _SIZE_SCALE[m.group(2)])
+    else:
+        raise ValueError(f"expected a size like '64KiB' or '10MiB', got {value!r}")
+    if size < 0:
+        raise ValueError("a size cannot be negative")
+    return size
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": _DURATION.pattern},
+            ],
+            "description": "seconds, or a string like '250ms', '30s', '5m'",
+        }
+    ),
+]
+
+ByteSize = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": _SIZE.pattern},
+            ],
+            "description": "bytes, or a string like '64KiB', '10MiB', '1GB'",
+        }
+    ),
+]

@@ -1,0 +1,96 @@
+"""Shared fixtures: fake backends, a proxy built from settings, metric reading."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fakes import Fake, start_fake  # noqa: E402
+
+from proxy.app import build_metrics, create_app  # noqa: E402
+from proxy.metrics import Metrics  # noqa: E402
+from proxy.settings import Settings, settings_from  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _no_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests state their settings; a developer's SHADOW_PROXY_* must not leak in."""
+    for name in list(os.environ):
+        if name.startswith("SHADOW_PROXY_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+async def legacy(aiohttp_server: Any) -> Fake:
+    return await start_fake(Fake("legacy"), aiohttp_server)
+
+
+@pytest.fixture
+async def agent(aiohttp_server: Any) -> Fake:
+    return await start_fake(Fake("agent"), aiohttp_server)
+
+
+class Proxy:
+    def __init__(self, client: TestClient[Any, Any], settings: Settings, metrics: Metrics) -> None:
+        self.client = client
+        self.settings = settings
+        self.metrics = metrics
+
+    def value(self, name: str, **labels: str) -> float:
+        return metric_value(self.metrics.registry, name, **labels)
+
+
+ProxyFactory = Callable[..., Awaitable[Proxy]]
+
+
+@pytest.fixture
+def make_proxy(aiohttp_client: Any) -> ProxyFactory:
+    async def make(**config: Any) -> Proxy:
+        settings = settings_from(config)
+        metrics = build_metrics(settings)
+        client = await aiohttp_client(create_app(settings, metrics))
+        return Proxy(client, settings, metrics)
+
+    return make
+
+
+def metric_value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    """Read one sample from the exposition text, as Prometheus would see it.
+
+    A series not (yet) observed reads 0; a metric name that does not exist at
+    all is an error, so a typo cannot pass for a zero.
+    """
+    text = generate_latest(registry).decode()
+    known = False
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name != name:
+                continue
+            known = True
+            if all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    if not known and not any(name.startswith(f) for f in _LAZY_FAMILIES):
+        raise KeyError(f"no metric named {name!r} in the exposition")
+    return 0.0
+
+
+# Families with labels that have no series until first observed.
+_LAZY_FAMILIES = (
+    "shadow_proxy_requests_total",
+    "shadow_proxy_upstream_duration_seconds",
+    "shadow_proxy_upstream_errors_total",
+    "shadow_proxy_rejected_requests_total",
+    "shadow_proxy_comparison_score",
+    "shadow_proxy_agreement_ratio",
+    "shadow_proxy_mismatch_fields_total",
+)

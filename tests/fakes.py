@@ -1,0 +1,132 @@
+"""Fake backends for tests: real aiohttp servers on 127.0.0.1:0 that can be
+made slow, failing, streaming, huge or rude, and that record what reached them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Seen:
+    method: str
+    path_qs: str
+    headers: dict[str, list[str]]
+    body_size: int
+    body_sha256: str
+    body: bytes  # first 64 KiB
+
+
+@dataclass
+class Fake:
+    """Knobs apply to every path without a special meaning below."""
+
+    name: str
+    status: int = 200
+    body: bytes = b'{"ok": true}'
+    content_type: str = "application/json"
+    delay: float = 0.0
+    seen: list[Seen] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    url: str = ""
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=1024**3)
+        app.router.add_route("*", "/stream", self._stream)
+        app.router.add_route("*", "/download", self._download)
+        app.router.add_route("*", "/upload", self._upload)
+        app.router.add_route("*", "/cut", self._cut)
+        app.router.add_route("*", "/echo", self._echo)
+        app.router.add_route("*", "/{tail:.*}", self._default)
+        return app
+
+    async def _record(self, request: web.Request) -> Seen:
+        digest = hashlib.sha256()
+        size = 0
+        head = bytearray()
+        async for chunk in request.content.iter_any():
+            digest.update(chunk)
+            size += len(chunk)
+            if len(head) < 65536:
+                head.extend(chunk[: 65536 - len(head)])
+        headers: dict[str, list[str]] = {}
+        for k, v in request.headers.items():
+            headers.setdefault(k.lower(), []).append(v)
+        seen = Seen(request.method, request.raw_path, headers, size, digest.hexdigest(), bytes(head))
+        self.seen.append(seen)
+        self.arrived.set()
+        return seen
+
+    async def _default(self, request: web.Request) -> web.StreamResponse:
+        await self._record(request)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return web.Response(status=self.status, body=self.body, content_type=self.content_type)
+
+    async def _echo(self, request: web.Request) -> web.StreamResponse:
+        seen = await self._record(request)
+        return web.json_response(
+            {"backend": self.name, "method": seen.method, "path_qs": seen.path_qs,
+             "headers": seen.headers, "body_size": seen.body_size},
+            headers={"Set-Cookie": "a=1", "X-Multi": "one"},
+        )  # fmt: skip
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
+        """?chunks=N&gap=S: N chunks S seconds apart (time to first byte matters)."""
+        await self._record(request)
+        chunks = int(request.query.get("chunks", "5"))
+        gap = float(request.query.get("gap", "0.05"))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for i in range(chunks):
+            await response.write(f"data: {i}\n\n".encode())
+            await asyncio.sleep(gap)
+        await response.write_eof()
+        return response
+
+    async def _download(self, request: web.Request) -> web.StreamResponse:
+        """?mb=N: N MiB of a repeating pattern, streamed with a Content-Length."""
+        await self._record(request)
+        mib = int(request.query.get("mb", "1"))
+        block = bytes(range(256)) * 4096  # 1 MiB
+        response = web.StreamResponse(headers={"Content-Length": str(mib * len(block))})
+        await response.prepare(request)
+        for _ in range(mib if request.method != "HEAD" else 0):
+            await response.write(block)
+        await response.write_eof()
+        return response
+
+    async def _upload(self, request: web.Request) -> web.StreamResponse:
+        seen = await self._record(request)
+        return web.json_response({"size": seen.body_size, "sha256": seen.body_sha256})
+
+    async def _cut(self, request: web.Request) -> web.StreamResponse:
+        """Promise 1 MiB, send 1 KiB, then drop the connection."""
+        await self._record(request)
+        response = web.StreamResponse(headers={"Content-Length": str(1024 * 1024)})
+        await response.prepare(request)
+        await response.write(b"x" * 1024)
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+
+async def start_fake(fake: Fake, aiohttp_server: Any) -> Fake:
+    server = await aiohttp_server(fake.app(), host="127.0.0.1")
+    fake.url = str(server.make_url("")).rstrip("/")
+    return fake
+
+
+def dead_url() -> str:
+    """A loopback URL where nothing listens (a port just released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"

@@ -1,0 +1,266 @@
+"""The shadow path: the agent gets a marked copy, off the client's clock, within
+every bound, and the comparison's result shows up in metrics and logs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+from conftest import Proxy, ProxyFactory
+from fakes import Fake, dead_url
+from structlog.testing import capture_logs
+
+
+def config(legacy: Fake, agent: Fake | str, **route: Any) -> dict[str, Any]:
+    shadow = {"enabled": True, **route.pop("shadow", {})}
+    agent_url = agent if isinstance(agent, str) else agent.url
+    return {
+        "backends": {"legacy": {"url": legacy.url}, "agent": {"url": agent_url}},
+        "routes": [{"name": "api", "match": {"prefix": "/api/"}, "shadow": shadow, **route}],
+    }
+
+
+async def settle(proxy: Proxy, timeout: float = 5.0) -> None:
+    """Wait until no shadow work is in flight."""
+    deadline = time.monotonic() + timeout
+    while proxy.value("shadow_proxy_shadow_in_flight") > 0:
+        assert time.monotonic() < deadline, "shadow work never finished"
+        await asyncio.sleep(0.02)
+
+
+def outcome(proxy: Proxy, name: str) -> float:
+    return proxy.value("shadow_proxy_shadow_requests_total", route="api", outcome=name)
+
+
+def verdict(proxy: Proxy, name: str) -> float:
+    return proxy.value("shadow_proxy_comparisons_total", route="api", verdict=name)
+
+
+async def test_agent_gets_a_marked_copy_with_configured_headers(
+    make_proxy: ProxyFactory, legacy: Fake, agent: Fake
+) -> None:
+    cfg = config(legacy, agent)
+    cfg["shadow"] = {"add_headers": {"X-Env": "shadow"}, "drop_headers": ["Authorization"]}
+    proxy = await make_proxy(**cfg)
+    response = await proxy.client.get(
+        "/api/items?id=7", headers={"Authorization": "Bearer s3cret", "X-Trace": "t1"}
+    )
+    assert response.status == 200
+    await settle(proxy)
+    copy = agent.seen[-1]
+    assert copy.method == "GET"
+    assert copy.path_qs == "/api/items?id=7"
+    assert copy.headers["x-shadow-request"] == ["1"]
+    assert copy.headers["x-env"] == ["shadow"]
+    assert copy.headers["x-trace"] == ["t1"]
+    assert "authorization" not in copy.headers
+    assert "x-shadow-request" not in legacy.seen[-1].headers
+    assert legacy.seen[-1].headers["authorization"] == ["Bearer s3cret"]
+    # both backends see one request id, so their logs can be joined
+    assert copy.headers["x-request-id"] == legacy.seen[-1].headers["x-request-id"]
+    assert outcome(proxy, "sent") == 1
+    assert outcome(proxy, "completed") == 1
+    assert verdict(proxy, "match") == 1
+    assert proxy.value("shadow_proxy_agreement_ratio", route="api") == 1.0
+
+
+async def test_a_2s_agent_delays_neither_the_response_nor_the_next_keepalive_request(
+    make_proxy: ProxyFactory, legacy: Fake, agent: Fake
+) -> None:
+    agent.delay = 2.0
+    proxy = await make_proxy(**config(legacy, agent))
+    connector = aiohttp.TCPConnector(limit=1)  # one keep-alive connection for both
+    async with aiohttp.ClientSession(connector=connector) as session:
+        url = proxy.client.make_url("/api/x")
+        timings = []
+        for _ in range(2):
+            started = time.monotonic()
+            async with session.get(url) as response:
+                assert response.status == 200
+                await response.read()
+            timings.append(time.monotonic() - started)
+    assert max(timings) < 1.0, timings  # each far below the agent's 2 s
+    assert outcome(proxy, "sent") == 2
+    await settle(proxy, timeout=6)
+    assert outcome(proxy, "completed") == 2
+    assert len(agent.seen) == 2
+
+
+async def test_in_flight_bound_drops_and_counts(
+    make_proxy: ProxyFactory, legacy: Fake, agent: Fake
+) -> None:
+    agent.delay = 1.5
+    cfg = config(legacy, agent)
+    cfg["shadow"] = {"max_in_flight": 2}
+    proxy = await make_proxy(**cfg)
+    for _ in range(10):
+        assert (await proxy.client.get("/api/x")).status == 200
+    assert outcome(proxy, "dropped_inflight") == 8
+    assert proxy.value("shadow_proxy_shadow_in_flight") == 2
+    await settle(proxy)
+    assert outcome(proxy, "completed") == 2
+
+
+async def test_rate_limit_drops_and_counts(
+    make_proxy: ProxyFactory, legacy: Fake, agent: Fake
+) -> None:
+    proxy = await make_proxy(**config(legacy, agent, shadow={"rate_limit": 5}))
+    for _ in range(20):
+        assert (await proxy.client.get("/api/x")).status == 200
+    await settle(proxy)
+    assert outcome(proxy, "sent") == 5
+    assert outcome(proxy, "dropped_rate") == 15
+
+
+async def test_unsafe_methods_are_not_mirrored_unless_route_is_side_effect_free(
+    make_proxy: ProxyFactory, legacy: Fake, agent: Fake
+) -> None:
+    proxy = await make_proxy(**config(legacy, agent))
+    assert (await proxy.client.post("/api/orders", data=b'{"n": 1}')).status == 200
+    await settle(proxy)
+    assert outcome(proxy, "skipped_unsafe") == 1
+    assert agent.seen == []
+
+    free = await make_proxy(**config(legacy, agent, side_effect_free=True))
+    assert (await free.client.post("/api/classify", data=b'{"n": 2}')).status == 200
+    await settle(free)
+    assert agent.seen[-1].method == "POST"
+    assert agent.seen[-1].body == b'{"n": 2}'
+    assert legacy.seen[-1].body == b'{"n": 2}'
+
+
+async def test_zero_percent_samples_nothing(
+    make_proxy: ProxyFactory, legacy: Fake, agent: Fake
+) -> None:
+    proxy = await make_proxy(**config(legacy, agent, shadow={"percent": 0}))
+    for _ in range(5):
+        await proxy.client.get("/api/x")
+    assert outcome(proxy, "skipped_sample") == 5
+    assert agent.seen == []
+
+
+async def test_sticky_sampling_mirrors_a_user_always_or_never(
+    make_proxy: ProxyFactory, legacy: Fake, agent: Fake
+) -> None:
+    sticky = {"percent": 50, "sticky_key": {"header": "X-User"}}
+    proxy = await make_proxy(**config(legacy, agent, shadow=sticky))
+    decisions = {}
+    for user in (f"user-{i}" for i in range(40)):
+        before = outcome(proxy, "sent")
+        for _ in range(3):
+            await proxy.client.get("/api/x", headers={"X-User": user})
+        decisions[user] = outcome(proxy, "sent") - before
+    await settle(proxy)
+    assert set(decisions.values()) == {0, 3}  # all three or none, per user
+    assert 8 <= sum(1 for v in decisions.values() if v) <= 32  # about half the users
+
+
+async def test_request_body_over_capture_limit_is_not_mirrored(
+    make_proxy: ProxyFactory, legacy: Fake, agent: Fake
+) -> None:
+    cfg = config(legacy, agent, side_effect_free=True)
+    cfg["shadow"] = {"capture_limit": 100}
+    proxy = await make_proxy(**cfg)
+    assert (await proxy.client.post("/api/x", data=b"z" * 101)).status == 200
+    await settle(proxy)
+    assert outcome(proxy, "skipped_size") == 1
+    assert agent.seen == []
+    assert legacy.seen[-1].body_size == 101  # legacy still got all of it
+
+
+async def test_response_over_capture_limit_skips_the_comparison(
+    make_proxy: ProxyFactory, legacy: Fake, agent: Fake
+) -> None:
+    legacy.body = agent.body = b'{"big": "' + b"x" * 500 + b'"}'
+    cfg = config(legacy, agent)
+    cfg["shadow"] = {"capture_limit": 100}
+    proxy = await make_proxy(**cfg)
+    assert len(await (await proxy.client.get("/api/x")).read()) == len(legacy.body)
+    await settle(proxy)
+    assert verdict(proxy, "skipped") == 1
+    assert verdict(proxy, "match") == 0
+
+
+async def test_slow_agent_times_out_and_is_an_error_comparison(
+    make_proxy: ProxyFactory, legacy: Fake, agent: Fake
+) -> None:
+    agent.delay = 3.0
+    cfg = config(legacy, agent)
+    cfg["shadow"] = {"timeout": "200ms"}
+    proxy = await make_proxy(**cfg)
+    assert (await proxy.client.get("/api/x")).status == 200
+    await settle(proxy)
+    assert outcome(proxy, "timeout") == 1
+    assert verdict(proxy, "error") == 1
+
+
+async def test_dead_agent_is_counted_and_the_client_never_notices(
+    make_proxy: ProxyFactory, legacy: Fake
+) -> None:
+    proxy = await make_proxy(**config(legacy, dead_url()))
+    response = await proxy.client.get("/api/x")
+    assert response.status == 200
+    assert await response.json() == {"ok": True}
+    await settle(proxy)
+    assert outcome(proxy, "error") == 1
+    assert proxy.value(
+        "shadow_proxy_upstream_errors_total", backend="agent", mode="shadow", kind="connect"
+    ) == 1
+
+
+async def test_dead_legacy_gives_502_and_skips_the_comparison(
+    make_proxy: ProxyFactory, agent: Fake
+) -> None:
+    dead = Fake("legacy", url=dead_url())
+    proxy = await make_proxy(**config(dead, agent))
+    assert (await proxy.client.get("/api/x")).status == 502
+    await settle(proxy)
+    assert verdict(proxy, "skipped") == 1
+
+
+async def test_mismatch_is_counted_by_field_and_logged_with_request_and_trace_ids(
+    make_proxy: ProxyFactory, legacy: Fake, agent: Fake
+) -> None:
+    legacy.body = orjson.dumps({"label": "billing", "items": [{"p": 1}, {"p": 2}], "id": 1})
+    agent.body = orjson.dumps({"label": "account", "items": [{"p": 1}, {"p": 3}], "id": 2})
+    proxy = await make_proxy(
+        **config(legacy, agent, compare=["status", {"name": "json", "ignore": ["$.id"]}])
+    )
+    trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    with capture_logs() as logs:
+        await proxy.client.get("/api/x", headers={"traceparent": trace, "X-Request-Id": "r-1"})
+        await settle(proxy)
+    assert verdict(proxy, "mismatch") == 1
+    assert proxy.value("shadow_proxy_agreement_ratio", route="api") == 0.0
+    fields = "shadow_proxy_mismatch_fields_total"
+    assert proxy.value(fields, route="api", path="$.label") == 1
+    assert proxy.value(fields, route="api", path="$.items[*].p") == 1
+    assert proxy.value(fields, route="api", path="$.id") == 0
+    (event,) = [e for e in logs if e["event"] == "mismatch"]
+    assert event["route"] == "api"
+    assert event["request_id"] == "r-1"
+    assert event["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert event["legacy_ms"] >= 0 and event["agent_ms"] >= 0
+    assert {d["path"] for d in event["differences"]} == {"$.label", "$.items[1].p"}
+
+
+async def test_mismatch_paths_are_capped_per_route(
+    make_proxy: ProxyFactory, legacy: Fake, agent: Fake
+) -> None:
+    legacy.body = orjson.dumps({f"k{i}": i for i in range(10)})
+    agent.body = orjson.dumps({f"k{i}": -i - 1 for i in range(10)})
+    cfg = config(legacy, agent)
+    cfg["metrics"] = {"mismatch_paths_per_route": 3}
+    proxy = await make_proxy(**cfg)
+    await proxy.client.get("/api/x")
+    await settle(proxy)
+    text = proxy.metrics.registry
+    from prometheus_client import generate_latest
+
+    exposition = generate_latest(text).decode()
+    labels = [ln for ln in exposition.splitlines() if ln.startswith("shadow_proxy_mismatch_fields_total{")]
+    assert len(labels) == 4  # three paths plus "other"
+    assert proxy.value("shadow_proxy_mismatch_fields_total", route="api", path="other") == 1

@@ -44,7 +44,9 @@ def build_metrics(settings: Settings, *, process: bool = False) -> Metrics:
     return Metrics(CollectorRegistry(), names, **options)
 
 
-def create_app(settings: Settings, metrics: Metrics, health: Health | None = None) -> web.Application:
+def create_app(
+    settings: Settings, metrics: Metrics, health: Health | None = None
+) -> web.Application:
     app = web.Application()
     app[SETTINGS] = settings
     app[METRICS] = metrics

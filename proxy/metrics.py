@@ -160,4 +160,3 @@ class Metrics:
             seen.add(label)
             return label
         return OTHER_PATH
-

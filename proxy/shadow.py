@@ -20,7 +20,7 @@ from time import perf_counter
 
 import aiohttp
 import structlog
-from asyncio_throttle import Throttler
+from asyncio_throttle.throttler import Throttler
 from multidict import CIMultiDict
 
 from comparators import Comparison, Verdict, compare
@@ -55,7 +55,7 @@ class RateGate:
 
     def admit(self) -> bool:
         throttler = self._throttler
-        throttler.flush()
+        throttler.flush()  # type: ignore[no-untyped-call]
         if len(throttler._task_logs) >= throttler.rate_limit:
             return False
         throttler._task_logs.append(time.monotonic())
@@ -187,9 +187,7 @@ class Shadow:
             failure = self.agent.failure(exc, self._timeout)
             timed_out = failure.kind == "timeout"
             self._metrics.upstream_error(name, AGENT, Mode.SHADOW, failure.kind)
-            self._metrics.shadow(
-                name, ShadowOutcome.TIMEOUT if timed_out else ShadowOutcome.ERROR
-            )
+            self._metrics.shadow(name, ShadowOutcome.TIMEOUT if timed_out else ShadowOutcome.ERROR)
             log.info("shadow_failed", route=name, request_id=job.request_id, reason=failure.reason)
             return Observation(AGENT, latency=perf_counter() - start, error=failure.reason)
         self._metrics.upstream(name, AGENT, Mode.SHADOW, latency)
@@ -203,6 +201,8 @@ class Shadow:
             return Comparison.skipped(f"legacy failed: {live.error}")
         if agent.error is not None:
             return Comparison.error(f"agent failed: {agent.error}")
+        if agent.status >= 500 > live.status:  # the agent failed; that is not disagreement
+            return Comparison.error(f"agent answered {agent.status}")
         if live.body is None:
             return Comparison.skipped("legacy body exceeds the capture limit")
         if agent.body is None:

@@ -22,7 +22,9 @@ class TaskSet:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str | None = None) -> asyncio.Task[Any]:
+    def spawn(
+        self, coro: Coroutine[Any, Any, Any], *, name: str | None = None
+    ) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._done)
@@ -32,6 +34,11 @@ class TaskSet:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("background_task_failed", task=task.get_name(), error=repr(exc))
+
+    async def join(self) -> None:
+        """Wait until every task, including any spawned meanwhile, has ended."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
 
     async def drain(self, grace: float) -> int:
         """Wait up to ``grace`` seconds, then cancel what is left; return how many."""

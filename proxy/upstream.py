@@ -84,7 +84,9 @@ class Upstream:
 def failure_of(exc: BaseException, backend: str, timeout: aiohttp.ClientTimeout) -> Failure:
     """Name what went wrong in words an operator understands."""
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return Failure("timeout", 504, f"{backend}: connect timed out after {timeout.sock_connect:g}s")
+        return Failure(
+            "timeout", 504, f"{backend}: connect timed out after {timeout.sock_connect:g}s"
+        )
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return Failure("timeout", 504, f"{backend}: no complete answer within {timeout.total:g}s")
     if isinstance(exc, aiohttp.ClientConnectorError):

@@ -15,11 +15,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fakes import Fake, start_fake  # noqa: E402
+from fakes import Fake, start_fake
 
-from proxy.app import build_metrics, create_app  # noqa: E402
-from proxy.metrics import Metrics  # noqa: E402
-from proxy.settings import Settings, settings_from  # noqa: E402
+from proxy.app import build_metrics, create_app
+from proxy.metrics import Metrics
+from proxy.settings import Settings, settings_from
 
 
 @pytest.fixture(autouse=True)

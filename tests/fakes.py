@@ -57,7 +57,9 @@ class Fake:
         headers: dict[str, list[str]] = {}
         for k, v in request.headers.items():
             headers.setdefault(k.lower(), []).append(v)
-        seen = Seen(request.method, request.raw_path, headers, size, digest.hexdigest(), bytes(head))
+        seen = Seen(
+            request.method, request.raw_path, headers, size, digest.hexdigest(), bytes(head)
+        )
         self.seen.append(seen)
         self.arrived.set()
         return seen

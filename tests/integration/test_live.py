@@ -174,12 +174,13 @@ async def test_dead_legacy_gives_502_json_naming_backend_and_reason(
     assert body["backend"] == "legacy"
     assert "cannot connect" in body["reason"]
     assert "Traceback" not in await response.text()
-    assert proxy.value(
-        "shadow_proxy_upstream_errors_total", backend="legacy", kind="connect"
-    ) == 1
-    assert proxy.value(
-        "shadow_proxy_requests_total", route="unmatched", backend="legacy", status_class="5xx"
-    ) == 1
+    assert proxy.value("shadow_proxy_upstream_errors_total", backend="legacy", kind="connect") == 1
+    assert (
+        proxy.value(
+            "shadow_proxy_requests_total", route="unmatched", backend="legacy", status_class="5xx"
+        )
+        == 1
+    )
 
 
 async def test_slow_legacy_gives_504_after_the_backend_timeout(
@@ -222,14 +223,13 @@ async def test_body_over_the_route_limit_gets_413_without_reaching_legacy(
     assert legacy.seen == []
     ok = await proxy.client.post("/small/x", data=b"x" * 1000)
     assert ok.status == 200
-    assert proxy.value(
-        "shadow_proxy_rejected_requests_total", route="small", reason="body_too_large"
-    ) == 1
+    assert (
+        proxy.value("shadow_proxy_rejected_requests_total", route="small", reason="body_too_large")
+        == 1
+    )
 
 
-async def test_chunked_body_over_the_limit_gets_413(
-    make_proxy: ProxyFactory, legacy: Fake
-) -> None:
+async def test_chunked_body_over_the_limit_gets_413(make_proxy: ProxyFactory, legacy: Fake) -> None:
     proxy = await make_proxy(**backends(legacy), max_body_size="64KiB")
 
     async def body() -> AsyncIterator[bytes]:
@@ -249,9 +249,12 @@ async def test_unmatched_requests_go_to_legacy_under_the_unmatched_label(
     )
     response = await proxy.client.get("/other")
     assert response.status == 200
-    assert proxy.value(
-        "shadow_proxy_requests_total", route="unmatched", backend="legacy", status_class="2xx"
-    ) == 1
+    assert (
+        proxy.value(
+            "shadow_proxy_requests_total", route="unmatched", backend="legacy", status_class="2xx"
+        )
+        == 1
+    )
     assert proxy.value("shadow_proxy_shadow_requests_total", route="api", outcome="sent") == 0
     assert agent.seen == []
 

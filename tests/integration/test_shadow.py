@@ -13,6 +13,8 @@ from conftest import Proxy, ProxyFactory
 from fakes import Fake, dead_url
 from structlog.testing import capture_logs
 
+from proxy.app import TASKS
+
 
 def config(legacy: Fake, agent: Fake | str, **route: Any) -> dict[str, Any]:
     shadow = {"enabled": True, **route.pop("shadow", {})}
@@ -23,12 +25,11 @@ def config(legacy: Fake, agent: Fake | str, **route: Any) -> dict[str, Any]:
     }
 
 
-async def settle(proxy: Proxy, timeout: float = 5.0) -> None:
+async def settle(proxy: Proxy, within: float = 5.0) -> None:
     """Wait until no shadow work is in flight."""
-    deadline = time.monotonic() + timeout
-    while proxy.value("shadow_proxy_shadow_in_flight") > 0:
-        assert time.monotonic() < deadline, "shadow work never finished"
-        await asyncio.sleep(0.02)
+    async with asyncio.timeout(within):
+        await proxy.client.app[TASKS].join()
+    assert proxy.value("shadow_proxy_shadow_in_flight") == 0
 
 
 def outcome(proxy: Proxy, name: str) -> float:
@@ -84,7 +85,7 @@ async def test_a_2s_agent_delays_neither_the_response_nor_the_next_keepalive_req
             timings.append(time.monotonic() - started)
     assert max(timings) < 1.0, timings  # each far below the agent's 2 s
     assert outcome(proxy, "sent") == 2
-    await settle(proxy, timeout=6)
+    await settle(proxy, within=6)
     assert outcome(proxy, "completed") == 2
     assert len(agent.seen) == 2
 
@@ -206,9 +207,12 @@ async def test_dead_agent_is_counted_and_the_client_never_notices(
     assert await response.json() == {"ok": True}
     await settle(proxy)
     assert outcome(proxy, "error") == 1
-    assert proxy.value(
-        "shadow_proxy_upstream_errors_total", backend="agent", mode="shadow", kind="connect"
-    ) == 1
+    assert (
+        proxy.value(
+            "shadow_proxy_upstream_errors_total", backend="agent", mode="shadow", kind="connect"
+        )
+        == 1
+    )
 
 
 async def test_dead_legacy_gives_502_and_skips_the_comparison(
@@ -261,6 +265,8 @@ async def test_mismatch_paths_are_capped_per_route(
     from prometheus_client import generate_latest
 
     exposition = generate_latest(text).decode()
-    labels = [ln for ln in exposition.splitlines() if ln.startswith("shadow_proxy_mismatch_fields_total{")]
+    labels = [
+        ln for ln in exposition.splitlines() if ln.startswith("shadow_proxy_mismatch_fields_total{")
+    ]
     assert len(labels) == 4  # three paths plus "other"
     assert proxy.value("shadow_proxy_mismatch_fields_total", route="api", path="other") == 1

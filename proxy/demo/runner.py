@@ -123,7 +123,7 @@ async def run_demo(
             if deadline is not None and now >= deadline:
                 break
             current = snapshot(server.metrics.registry)
-            print(render(current, before, now - last, stats), file=out, flush=True)
+            print(render(current, before, now - last, stats) + "\n", file=out, flush=True)
             before, last = current, now
     finally:
         traffic_stop.set()

@@ -59,30 +59,21 @@ def parse_size(value: Any) -> int:
     return size
 
 
+def _schema(number: str, pattern: str, example: str) -> dict[str, Any]:
+    """A plain number, or a string with a unit."""
+    return {
+        "anyOf": [{"type": number, "minimum": 0}, {"type": "string", "pattern": pattern}],
+        "description": example,
+    }
+
+
 Duration = Annotated[
     float,
     BeforeValidator(parse_duration),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "number", "minimum": 0},
-                {"type": "string", "pattern": _DURATION.pattern},
-            ],
-            "description": "seconds, or a string like '250ms', '30s', '5m'",
-        }
-    ),
+    WithJsonSchema(_schema("number", _DURATION.pattern, "seconds, or '250ms', '30s', '5m'")),
 ]
-
 ByteSize = Annotated[
     int,
     BeforeValidator(parse_size),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "integer", "minimum": 0},
-                {"type": "string", "pattern": _SIZE.pattern},
-            ],
-            "description": "bytes, or a string like '64KiB', '10MiB', '1GB'",
-        }
-    ),
+    WithJsonSchema(_schema("integer", _SIZE.pattern, "bytes, or '64KiB', '10MiB', '1GB'")),
 ]

@@ -9,7 +9,8 @@ the backend and the reason, never a stack trace.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
 from time import perf_counter
 from typing import Any
 
@@ -107,13 +108,13 @@ class LiveHandler:
                 received = perf_counter()
                 response = web.StreamResponse(status=up.status, reason=up.reason)
                 response.headers.extend(to_client(up.headers))
-                await response.prepare(request)
+                await _to_client(response.prepare(request))
                 self.metrics.overhead(name, (sent - start) + (perf_counter() - received))
                 await _pump(up, response, job, sent)
                 latency = perf_counter() - sent
                 self.metrics.upstream(name, LEGACY, Mode.LIVE, latency)
                 self.metrics.request(name, LEGACY, up.status)
-                await response.write_eof()
+                await _to_client(response.write_eof())
                 return response
         except BodyTooLargeError:
             self.metrics.rejected(name, "body_too_large")
@@ -124,6 +125,9 @@ class LiveHandler:
         except _ClientGone:
             self.metrics.rejected(name, "client_gone")
             return response or web.Response(status=499)
+        except asyncio.CancelledError:  # the client hung up (handler cancellation)
+            self.metrics.rejected(name, "client_gone")
+            raise
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             if _caused_by_limit(exc):
                 self.metrics.rejected(name, "body_too_large")
@@ -166,6 +170,15 @@ async def _request_body(
         _give_body(job, capture.value() or b"")
 
 
+async def _to_client(write: Awaitable[Any]) -> None:
+    """Writes to the client fail only because the client left; say so, so that
+    it is never mistaken for a legacy failure."""
+    try:
+        await write
+    except ConnectionResetError as exc:
+        raise _ClientGone from exc
+
+
 async def _pump(
     upstream: aiohttp.ClientResponse,
     response: web.StreamResponse,
@@ -178,10 +191,7 @@ async def _pump(
         if copy is not None and not copy.feed(chunk):
             copy = None  # too large to compare: free the shadow task now
             _observe(job, upstream, None, sent)
-        try:
-            await response.write(chunk)
-        except ConnectionResetError as exc:
-            raise _ClientGone from exc
+        await _to_client(response.write(chunk))
     if copy is not None:
         _observe(job, upstream, copy.value(), sent)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
@@ -29,6 +29,9 @@ OVERHEAD_BUCKETS = (
 )  # fmt: skip
 SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 OTHER_PATH = "other"
+
+# ``*_created`` series double the exposition for a timestamp nobody queries.
+disable_created_metrics()
 
 
 def status_class(status: int) -> str:

@@ -37,6 +37,9 @@ class ProxyServer:
             access_log=None,
             handle_signals=False,
             shutdown_timeout=settings.shutdown.timeout,
+            # A client that hangs up cancels its handler, which closes the
+            # legacy exchange at once instead of streaming into the void.
+            handler_cancellation=True,
         )
         self._admin = web.AppRunner(
             create_admin_app(self.metrics, self.health), access_log=None, handle_signals=False

@@ -3,6 +3,7 @@ reaches the client, faithfully, streamed, with clean errors when legacy fails.""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import AsyncIterator
@@ -270,3 +271,16 @@ async def test_overhead_and_upstream_latency_are_observed_per_route(
         "shadow_proxy_upstream_duration_seconds_count",
         route="unmatched", backend="legacy", mode="live",
     ) == 3  # fmt: skip
+
+
+async def test_a_client_leaving_mid_stream_is_not_a_legacy_failure(
+    make_proxy: ProxyFactory, legacy: Fake
+) -> None:
+    proxy = await make_proxy(**backends(legacy))
+    async with aiohttp.ClientSession() as session:
+        response = await session.get(proxy.client.make_url("/stream?chunks=20&gap=0.05"))
+        assert await response.content.readuntil(b"\n\n") == b"data: 0\n\n"
+        response.close()  # hang up with 19 events still to come
+    await asyncio.sleep(0.5)
+    assert proxy.value("shadow_proxy_rejected_requests_total", reason="client_gone") == 1
+    assert proxy.value("shadow_proxy_upstream_errors_total", backend="legacy") == 0

@@ -72,8 +72,11 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
     shadow = None
     if agent is not None:
         await agent.start()
-        shadow = Shadow(agent, settings.shadow, settings.logging, metrics, tasks, table.routes)
-    app[HANDLER] = LiveHandler(table, legacy, shadow, metrics)
+        live_wait = settings.backends.legacy.timeout + settings.listen.send_timeout
+        shadow = Shadow(
+            agent, settings.shadow, settings.logging, metrics, tasks, table.routes, live_wait
+        )
+    app[HANDLER] = LiveHandler(table, legacy, shadow, metrics, settings.listen.send_timeout)
     app[TASKS] = tasks
     app[HEALTH].ready = True
     try:

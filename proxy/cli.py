@@ -84,7 +84,11 @@ def run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> Non
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     logs.configure(settings.logging)
-    run_async(lambda stop: serve(settings, stop))
+    try:
+        run_async(lambda stop: serve(settings, stop))
+    except OSError as exc:
+        print(f"error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -109,7 +113,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     logs.configure(settings.logging, stream=sys.stderr)
     options = DemoOptions.from_args(args)
-    run_async(lambda stop: run_demo(settings, options, stop))
+    try:
+        run_async(lambda stop: run_demo(settings, options, stop))
+    except OSError as exc:
+        print(f"error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0
 
 

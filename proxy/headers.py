@@ -28,6 +28,11 @@ HOP_BY_HOP = frozenset(
 SHADOW_MARKER = "X-Shadow-Request"
 REQUEST_ID = "X-Request-Id"
 
+# Never forwarded from the client: the proxy already answered ``Expect:
+# 100-continue`` itself (a backend that ignores Expect would otherwise stall
+# the body), and only the proxy may mark a request as a shadow.
+_CLIENT_ONLY = ("expect", SHADOW_MARKER.lower())
+
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 
 
@@ -57,10 +62,10 @@ def to_upstream(
     ``Host`` is the backend's own (set by the client session from the URL)
     unless the route preserves the client's.
     """
-    out = end_to_end(headers, () if preserve_host else ("host",))
+    out = end_to_end(headers, _CLIENT_ONLY if preserve_host else (*_CLIENT_ONLY, "host"))
     client_host = headers.get("Host")
     if client_ip:
-        prior = headers.get("X-Forwarded-For")
+        prior = ", ".join(headers.getall("X-Forwarded-For", ()))
         out["X-Forwarded-For"] = f"{prior}, {client_ip}" if prior else client_ip
     out["X-Forwarded-Proto"] = scheme
     if client_host:

@@ -4,7 +4,8 @@ The client's response never waits on anything but legacy. Bodies stream in
 both directions; a copy is kept (bounded) only when a shadow job needs it,
 and the shadow gets the request body the moment the upload ends, so the agent
 works while legacy does. Upstream failures become a small JSON 502/504 naming
-the backend and the reason, never a stack trace.
+the backend and the reason, never a stack trace; a client that leaves or
+stops reading is the client's doing, never counted against legacy.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from proxy.headers import to_client, to_upstream
 from proxy.metrics import Metrics
 from proxy.routes import CompiledRoute, RouteTable
 from proxy.shadow import Shadow, ShadowJob
-from proxy.types import LEGACY, Failure, Mode, Observation, ShadowOutcome
+from proxy.types import LEGACY, PROXY, Failure, Mode, Observation, ShadowOutcome
 from proxy.upstream import Upstream
 
 log = structlog.get_logger("proxy.live")
@@ -46,28 +47,43 @@ def failure_response(failure: Failure, backend: str) -> web.Response:
     return error_response(failure.status, error, failure.reason, backend)
 
 
+def has_dot_segments(path: str) -> bool:
+    """``/a/../b`` (or its encoded forms, once decoded) would match one route
+    here and reach another upstream; no well-behaved client sends it."""
+    return any(segment in (".", "..") for segment in path.split("/"))
+
+
 class _ClientGone(Exception):
-    """The client closed its connection while the response was streaming."""
+    """The client closed its connection, or stopped reading, mid-exchange."""
 
 
 class LiveHandler:
     """The aiohttp handler for every proxied request."""
 
     def __init__(
-        self, table: RouteTable, legacy: Upstream, shadow: Shadow | None, metrics: Metrics
+        self,
+        table: RouteTable,
+        legacy: Upstream,
+        shadow: Shadow | None,
+        metrics: Metrics,
+        send_timeout: float,
     ) -> None:
         self.table = table
         self.legacy = legacy
         self.shadow = shadow
         self.metrics = metrics
+        self.send_timeout = send_timeout
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         start = perf_counter()
         method = request.method
         raw_path = request.raw_path
-        if not raw_path.startswith("/"):
-            return error_response(400, "bad_request", "the request target must be a path")
-        route = self.table.match(method, request.path)
+        path = request.path
+        if not raw_path.startswith("/") or has_dot_segments(path):
+            route = self.table.fallback
+            reason = "the request target is not a plain path"
+            return self._reject(route, 400, "bad_request", reason, "bad_path")
+        route = self.table.match(method, path)
         length = request.content_length
         if length is not None and length > route.body_limit:
             return self._too_large(route)
@@ -89,7 +105,7 @@ class LiveHandler:
             return await self._forward(request, route, headers, body, job, start)
         finally:
             if job is not None:
-                _abandon(job, "no response from legacy")
+                _abandon(job, "the live exchange ended without an answer")
 
     async def _forward(
         self,
@@ -106,50 +122,95 @@ class LiveHandler:
         try:
             async with self.legacy.request(request.method, request.raw_path, headers, body) as up:
                 received = perf_counter()
-                response = web.StreamResponse(status=up.status, reason=up.reason)
-                response.headers.extend(to_client(up.headers))
-                await _to_client(response.prepare(request))
+                head = _response_for(up)
+                await self._send(head.prepare(request))
+                response = head  # from here on, the client has seen a status
                 self.metrics.overhead(name, (sent - start) + (perf_counter() - received))
-                await _pump(up, response, job, sent)
-                latency = perf_counter() - sent
-                self.metrics.upstream(name, LEGACY, Mode.LIVE, latency)
                 self.metrics.request(name, LEGACY, up.status)
-                await _to_client(response.write_eof())
+                await self._pump(up, response, job, sent)
+                self.metrics.upstream(name, LEGACY, Mode.LIVE, perf_counter() - sent)
+                await self._send(response.write_eof())
                 return response
-        except BodyTooLargeError:
-            self.metrics.rejected(name, "body_too_large")
-            if response is None:
-                return self._too_large(route, counted=True)
-            _cut_off(request)
-            return response
-        except _ClientGone:
-            self.metrics.rejected(name, "client_gone")
-            return response or web.Response(status=499)
         except asyncio.CancelledError:  # the client hung up (handler cancellation)
             self.metrics.rejected(name, "client_gone")
             raise
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            if _caused_by_limit(exc):
+        except (_ClientGone, BodyTooLargeError, aiohttp.ClientError, OSError, ValueError) as exc:
+            if _caused_by(exc, _ClientGone):
+                self.metrics.rejected(name, "client_gone")
+                if job is not None:
+                    _abandon(job, "the client left")
+                return response or web.Response(status=499)
+            if _caused_by(exc, BodyTooLargeError):
+                if response is None:
+                    return self._too_large(route)
                 self.metrics.rejected(name, "body_too_large")
-                return self._too_large(route, counted=True)
-            failure = self.legacy.failure(exc)
-            self.metrics.upstream_error(name, LEGACY, Mode.LIVE, failure.kind)
-            if job is not None:
-                _abandon(job, failure.reason)
-            if response is not None:  # headers already sent: the client must see a cut
-                log.warning("legacy_failed_mid_body", route=name, reason=failure.reason)
                 _cut_off(request)
                 return response
-            log.warning("legacy_failed", route=name, reason=failure.reason)
-            self.metrics.request(name, LEGACY, failure.status)
-            return failure_response(failure, LEGACY)
+            return self._legacy_failed(request, route, exc, job, response)
 
-    def _too_large(self, route: CompiledRoute, *, counted: bool = False) -> web.Response:
-        if not counted:
-            self.metrics.rejected(route.name, "body_too_large")
-        return error_response(
-            413, "payload_too_large", f"request body exceeds {route.body_limit} bytes"
-        )
+    def _legacy_failed(
+        self,
+        request: web.Request,
+        route: CompiledRoute,
+        exc: BaseException,
+        job: ShadowJob | None,
+        response: web.StreamResponse | None,
+    ) -> web.StreamResponse:
+        failure = self.legacy.failure(exc)
+        self.metrics.upstream_error(route.name, LEGACY, Mode.LIVE, failure.kind)
+        if job is not None:
+            _abandon(job, failure.reason)
+        if response is not None:  # headers already sent: the client must see a cut
+            log.warning("legacy_failed_mid_body", route=route.name, detail=failure.detail)
+            _cut_off(request)
+            return response
+        log.warning("legacy_failed", route=route.name, detail=failure.detail)
+        self.metrics.request(route.name, LEGACY, failure.status)
+        return failure_response(failure, LEGACY)
+
+    async def _send(self, write: Awaitable[Any]) -> None:
+        """A write to the client fails or stalls only because of the client:
+        say so, so it is never mistaken for a legacy failure."""
+        try:
+            async with asyncio.timeout(self.send_timeout):
+                await write
+        except (ConnectionError, TimeoutError) as exc:
+            raise _ClientGone from exc
+
+    async def _pump(
+        self,
+        upstream: aiohttp.ClientResponse,
+        response: web.StreamResponse,
+        job: ShadowJob | None,
+        sent: float,
+    ) -> None:
+        """Copy the upstream body to the client; keep a bounded copy for the shadow."""
+        copy = BodyCapture(job.route.capture_limit) if job is not None else None
+        async for chunk in upstream.content.iter_any():
+            if copy is not None and not copy.feed(chunk):
+                copy = None  # too large to compare: free the shadow task now
+                _observe(job, upstream, None, sent)
+            await self._send(response.write(chunk))
+        if copy is not None:
+            _observe(job, upstream, copy.value(), sent)
+
+    def _reject(
+        self, route: CompiledRoute, status: int, error: str, reason: str, label: str
+    ) -> web.Response:
+        self.metrics.rejected(route.name, label)
+        self.metrics.request(route.name, PROXY, status)
+        return error_response(status, error, reason)
+
+    def _too_large(self, route: CompiledRoute) -> web.Response:
+        reason = f"request body exceeds {route.body_limit} bytes"
+        return self._reject(route, 413, "payload_too_large", reason, "body_too_large")
+
+
+def _response_for(up: aiohttp.ClientResponse) -> web.StreamResponse:
+    """The client's response head; a header aiohttp will not send is legacy's fault."""
+    response = web.StreamResponse(status=up.status, reason=up.reason)
+    response.headers.extend(to_client(up.headers))
+    return response
 
 
 async def _request_body(
@@ -158,7 +219,13 @@ async def _request_body(
     """Stream the client's body upstream, enforcing the limit, copying for a shadow."""
     capture = BodyCapture(job.route.capture_limit) if job is not None else None
     size = 0
-    async for chunk in content.iter_any():
+    while True:
+        try:
+            chunk = await content.readany()
+        except (ConnectionError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError) as exc:
+            raise _ClientGone from exc
+        if not chunk:
+            break
         size += len(chunk)
         if size > limit:
             raise BodyTooLargeError(limit)
@@ -168,32 +235,6 @@ async def _request_body(
         yield chunk
     if capture is not None and job is not None:
         _give_body(job, capture.value() or b"")
-
-
-async def _to_client(write: Awaitable[Any]) -> None:
-    """Writes to the client fail only because the client left; say so, so that
-    it is never mistaken for a legacy failure."""
-    try:
-        await write
-    except ConnectionResetError as exc:
-        raise _ClientGone from exc
-
-
-async def _pump(
-    upstream: aiohttp.ClientResponse,
-    response: web.StreamResponse,
-    job: ShadowJob | None,
-    sent: float,
-) -> None:
-    """Copy the upstream body to the client; keep a bounded copy for the shadow."""
-    copy = BodyCapture(job.route.capture_limit) if job is not None else None
-    async for chunk in upstream.content.iter_any():
-        if copy is not None and not copy.feed(chunk):
-            copy = None  # too large to compare: free the shadow task now
-            _observe(job, upstream, None, sent)
-        await _to_client(response.write(chunk))
-    if copy is not None:
-        _observe(job, upstream, copy.value(), sent)
 
 
 def _observe(
@@ -216,11 +257,11 @@ def _abandon(job: ShadowJob, reason: str) -> None:
         job.live.set_result(Observation(LEGACY, error=reason))
 
 
-def _caused_by_limit(exc: BaseException) -> bool:
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
     """The client session wraps errors raised by the body it sends; look inside."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, BodyTooLargeError):
+        if isinstance(seen, kind):
             return True
         seen = seen.__cause__ or seen.__context__
     return False

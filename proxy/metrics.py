@@ -30,9 +30,6 @@ OVERHEAD_BUCKETS = (
 SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 OTHER_PATH = "other"
 
-# ``*_created`` series double the exposition for a timestamp nobody queries.
-disable_created_metrics()  # type: ignore[no-untyped-call]
-
 
 def status_class(status: int) -> str:
     return f"{status // 100}xx" if 100 <= status <= 599 else "other"
@@ -99,7 +96,13 @@ class Metrics:
 
     @classmethod
     def for_process(cls, routes: Sequence[str], **kwargs: Any) -> Metrics:
-        """A fresh registry that also exports the process's CPU, memory and fds."""
+        """A fresh registry that also exports the process's CPU, memory and fds.
+
+        Also turns off prometheus_client's ``*_created`` series (a process-wide
+        switch, hence here at the edge): they double the exposition for a
+        timestamp nobody queries.
+        """
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         registry = CollectorRegistry()
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)

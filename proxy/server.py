@@ -48,11 +48,17 @@ class ProxyServer:
         self.admin_url = ""
 
     async def start(self) -> None:
+        """Bind both listeners; on failure (a port in use) release what was opened."""
         s = self.settings
-        await self._admin.setup()
-        await web.TCPSite(self._admin, s.admin.host, s.admin.port, reuse_address=True).start()
-        await self._proxy.setup()
-        await web.TCPSite(self._proxy, s.listen.host, s.listen.port, reuse_address=True).start()
+        try:
+            await self._admin.setup()
+            await web.TCPSite(self._admin, s.admin.host, s.admin.port, reuse_address=True).start()
+            await self._proxy.setup()
+            await web.TCPSite(self._proxy, s.listen.host, s.listen.port, reuse_address=True).start()
+        except OSError:
+            await self._proxy.cleanup()
+            await self._admin.cleanup()
+            raise
         self.proxy_url, self.admin_url = _url(self._proxy), _url(self._admin)
         log.info("listening", proxy=self.proxy_url, admin=self.admin_url)
 

@@ -32,6 +32,7 @@ from proxy.units import ByteSize, Duration
 
 UNMATCHED_ROUTE = "unmatched"
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token (methods, header names)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # not allowed in a header value
 
 
 class Model(BaseModel):
@@ -41,11 +42,14 @@ class Model(BaseModel):
 class Listener(Model):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
+    send_timeout: Duration = Field(
+        60.0, description="longest wait for a client to accept the next chunk"
+    )
 
 
-class AdminListener(Listener):
+class AdminListener(Model):
     host: str = "127.0.0.1"
-    port: int = Field(9090, ge=0, le=65535)
+    port: int = Field(9090, ge=0, le=65535, description="0 picks a free port")
 
 
 class Backend(Model):
@@ -196,6 +200,24 @@ class ShadowSettings(Model):
     )
     add_headers: dict[str, str] = Field(default_factory=dict)
     drop_headers: tuple[str, ...] = ()
+
+    @field_validator("add_headers")
+    @classmethod
+    def _valid_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not _TOKEN.match(name):
+                raise ValueError(f"{name!r} is not a valid header name")
+            if _CONTROL.search(text):
+                raise ValueError(f"the value of {name} contains control characters")
+        return value
+
+    @field_validator("drop_headers")
+    @classmethod
+    def _valid_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not _TOKEN.match(name):
+                raise ValueError(f"{name!r} is not a valid header name")
+        return value
 
 
 class MetricsSettings(Model):

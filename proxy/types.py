@@ -10,6 +10,7 @@ from comparators import Sample
 
 LEGACY = "legacy"
 AGENT = "agent"
+PROXY = "proxy"  # answers the proxy gives itself (400, 413)
 
 
 class Mode(StrEnum):
@@ -38,7 +39,8 @@ class Failure:
 
     kind: str  # connect | timeout | disconnect | invalid_response
     status: int  # what the client gets: 502 or 504
-    reason: str
+    reason: str  # safe to show the client
+    detail: str = ""  # for logs only
 
 
 @dataclass(frozen=True, slots=True)

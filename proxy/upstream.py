@@ -82,20 +82,31 @@ class Upstream:
 
 
 def failure_of(exc: BaseException, backend: str, timeout: aiohttp.ClientTimeout) -> Failure:
-    """Name what went wrong in words an operator understands."""
+    """Name what went wrong in words an operator understands.
+
+    ``reason`` goes to the client, so it never carries URLs or raw bytes from
+    the backend; ``detail`` (bounded) is for logs.
+    """
+    detail = _short(repr(exc))
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return Failure(
-            "timeout", 504, f"{backend}: connect timed out after {timeout.sock_connect:g}s"
-        )
+        reason = f"{backend}: connect timed out after {timeout.sock_connect:g}s"
+        return Failure("timeout", 504, reason, detail)
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-        return Failure("timeout", 504, f"{backend}: no complete answer within {timeout.total:g}s")
+        reason = f"{backend}: no complete answer within {timeout.total:g}s"
+        return Failure("timeout", 504, reason, detail)
     if isinstance(exc, aiohttp.ClientConnectorError):
-        cause = exc.os_error.strerror or str(exc.os_error)
-        return Failure("connect", 502, f"{backend}: cannot connect: {cause}".lower())
+        cause = (exc.os_error.strerror or type(exc.os_error).__name__).lower()
+        return Failure("connect", 502, f"{backend}: cannot connect: {cause}", detail)
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
-        return Failure("disconnect", 502, f"{backend}: connection closed before the answer ended")
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return Failure("invalid_response", 502, f"{backend}: invalid response: {exc.message}")
-    if isinstance(exc, aiohttp.ClientOSError | ConnectionError):
-        return Failure("disconnect", 502, f"{backend}: connection error: {exc.strerror or exc}")
-    return Failure("invalid_response", 502, f"{backend}: {type(exc).__name__}: {exc}")
+        reason = f"{backend}: connection closed before the answer ended"
+        return Failure("disconnect", 502, reason, detail)
+    if isinstance(exc, aiohttp.ClientResponseError | ValueError):
+        return Failure("invalid_response", 502, f"{backend}: invalid HTTP response", detail)
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = f"{backend}: connection error: {exc.strerror.lower()}"
+        return Failure("disconnect", 502, reason, detail)
+    return Failure("disconnect", 502, f"{backend}: connection error", detail)
+
+
+def _short(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"

@@ -94,11 +94,11 @@ async def run_demo(
     server = ProxyServer(demo_settings(settings, options, legacy_url, agent_url))
     try:
         await server.start()
-    except OSError as exc:
+    except OSError:
         await legacy_runner.cleanup()
         await agent_runner.cleanup()
-        print(f"error: cannot listen: {exc.strerror or exc}; try --port 0", file=sys.stderr)
-        raise SystemExit(1) from None
+        print("hint: another process holds the port; try --port 0", file=sys.stderr)
+        raise
     _banner(server, options, out)
 
     stats = TrafficStats()

@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from conftest import ProxyFactory
-from fakes import Fake, dead_url
+from fakes import Fake, RawBackend, dead_url
+from multidict import CIMultiDict
 from yarl import URL
 
 
@@ -239,6 +240,8 @@ async def test_chunked_body_over_the_limit_gets_413(make_proxy: ProxyFactory, le
 
     response = await proxy.client.post("/upload", data=body())
     assert response.status == 413
+    assert all(seen.body_size <= 65536 for seen in legacy.seen)  # never the whole body
+    assert proxy.value("shadow_proxy_rejected_requests_total", reason="body_too_large") == 1
 
 
 async def test_unmatched_requests_go_to_legacy_under_the_unmatched_label(
@@ -284,3 +287,63 @@ async def test_a_client_leaving_mid_stream_is_not_a_legacy_failure(
     await asyncio.sleep(0.5)
     assert proxy.value("shadow_proxy_rejected_requests_total", reason="client_gone") == 1
     assert proxy.value("shadow_proxy_upstream_errors_total", backend="legacy") == 0
+
+
+async def test_expect_and_a_client_supplied_shadow_marker_never_reach_legacy(
+    make_proxy: ProxyFactory, legacy: Fake
+) -> None:
+    """The proxy answers 100-continue itself; only the proxy marks shadows."""
+    proxy = await make_proxy(**backends(legacy))
+    response = await proxy.client.post(
+        "/upload", data=b"x" * 5000, expect100=True, headers={"X-Shadow-Request": "1"}
+    )
+    assert response.status == 200
+    assert "expect" not in legacy.seen[-1].headers
+    assert "x-shadow-request" not in legacy.seen[-1].headers
+
+
+async def test_every_x_forwarded_for_line_is_kept(make_proxy: ProxyFactory, legacy: Fake) -> None:
+    proxy = await make_proxy(**backends(legacy))
+    headers = CIMultiDict([("X-Forwarded-For", "203.0.113.1"), ("X-Forwarded-For", "10.0.0.2")])
+    await proxy.client.get("/echo", headers=headers)
+    assert legacy.seen[-1].headers["x-forwarded-for"] == ["203.0.113.1, 10.0.0.2, 127.0.0.1"]
+
+
+@pytest.mark.parametrize("path", ["/public/../admin/delete", "/public/%2e%2e/admin", "/a/./b"])
+async def test_dot_segments_get_400_and_never_reach_legacy(
+    make_proxy: ProxyFactory, legacy: Fake, path: str
+) -> None:
+    proxy = await make_proxy(**backends(legacy))
+    response = await proxy.client.session.get(
+        URL(f"{proxy.client.make_url('/')}".rstrip("/") + path, encoded=True)
+    )
+    assert response.status == 400
+    assert (await response.json())["error"] == "bad_request"
+    assert legacy.seen == []
+    assert proxy.value("shadow_proxy_rejected_requests_total", reason="bad_path") == 1
+
+
+async def test_a_response_header_aiohttp_cannot_send_is_a_502_not_a_500(
+    make_proxy: ProxyFactory,
+) -> None:
+    raw = b"HTTP/1.1 200 OK\r\nX-Odd: a\x7fb\r\nContent-Length: 2\r\n\r\nok"
+    async with RawBackend(raw) as odd:
+        proxy = await make_proxy(backends={"legacy": {"url": odd.url}})
+        response = await proxy.client.get("/x")
+        assert response.status == 502
+        assert await response.json() == {
+            "error": "bad_gateway",
+            "reason": "legacy: invalid HTTP response",
+            "backend": "legacy",
+        }
+
+
+async def test_error_reasons_never_show_the_backend_address(
+    make_proxy: ProxyFactory,
+) -> None:
+    async with RawBackend(b"NOT HTTP AT ALL\r\n\r\n") as garbage:
+        proxy = await make_proxy(backends={"legacy": {"url": garbage.url}})
+        response = await proxy.client.get("/x")
+        assert response.status == 502
+        text = await response.text()
+        assert "127.0.0.1" not in text and "NOT HTTP" not in text

@@ -4,7 +4,9 @@ every bound, and the comparison's result shows up in metrics and logs."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -270,3 +272,67 @@ async def test_mismatch_paths_are_capped_per_route(
     ]
     assert len(labels) == 4  # three paths plus "other"
     assert proxy.value("shadow_proxy_mismatch_fields_total", route="api", path="other") == 1
+
+
+async def test_streamed_request_body_over_capture_limit_is_not_mirrored(
+    make_proxy: ProxyFactory, legacy: Fake, agent: Fake
+) -> None:
+    """Without a Content-Length the limit is found mid-stream; legacy still gets it all."""
+    cfg = config(legacy, agent, side_effect_free=True)
+    cfg["shadow"] = {"capture_limit": 1000}
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(4):
+            yield b"c" * 400
+
+    proxy = await make_proxy(**cfg)
+    assert (await proxy.client.post("/api/x", data=body())).status == 200
+    await settle(proxy)
+    assert outcome(proxy, "skipped_size") == 1
+    assert outcome(proxy, "sent") == 0
+    assert legacy.seen[-1].body_size == 1600
+
+
+async def test_agent_5xx_is_an_error_not_a_disagreement(
+    make_proxy: ProxyFactory, legacy: Fake, agent: Fake
+) -> None:
+    agent.status, agent.body = 503, b'{"detail": "overloaded"}'
+    proxy = await make_proxy(**config(legacy, agent))
+    with capture_logs() as logs:
+        await proxy.client.get("/api/x")
+        await settle(proxy)
+    assert verdict(proxy, "error") == 1
+    assert verdict(proxy, "mismatch") == 0
+    (event,) = [e for e in logs if e["event"] == "comparison_error"]
+    assert event["reason"] == "agent answered 503"
+
+
+async def test_a_client_that_stops_reading_gives_back_its_shadow_slot(
+    make_proxy: ProxyFactory, legacy: Fake, agent: Fake
+) -> None:
+    """A stalled reader is cut after send_timeout; the slot and legacy's
+    connection are freed, and legacy is not blamed."""
+    cfg = config(legacy, agent)
+    cfg["shadow"] = {"capture_limit": "64MiB", "max_in_flight": 1}
+    cfg["listen"] = {"send_timeout": "500ms"}
+    cfg["routes"][0]["match"] = {"prefix": "/"}
+    proxy = await make_proxy(**cfg)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", proxy.client.port))
+    _reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(b"GET /download?mb=32 HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    try:
+        async with asyncio.timeout(10):
+            await legacy.arrived.wait()  # the shadow task exists from here on
+            await proxy.client.app[TASKS].join()
+        assert proxy.value("shadow_proxy_rejected_requests_total", reason="client_gone") == 1
+        assert proxy.value("shadow_proxy_upstream_errors_total", backend="legacy") == 0
+        assert verdict(proxy, "skipped") == 1  # nothing complete to compare with
+        assert (await proxy.client.get("/api/x")).status == 200
+        await settle(proxy)
+        assert outcome(proxy, "dropped_inflight") == 0  # the slot was free again
+    finally:
+        writer.close()

@@ -78,6 +78,15 @@ def route(**fields: Any) -> dict[str, Any]:
         (route(compare=[{"name": "json", "abs_tol": "x"}]), "routes.0.compare.0: json: abs_tol"),
         (route(name="unmatched"), "routes.0.name: 'unmatched' is reserved"),
         (route(shadow={"enabled": True}), "enable shadow but backends.agent is not set"),
+        (
+            {**MINIMAL, "shadow": {"add_headers": {"X-A": "1\r\nX-Injected: 1"}}},
+            "shadow.add_headers: the value of X-A contains control characters",
+        ),
+        (
+            {**MINIMAL, "shadow": {"add_headers": {"Bad Name": "1"}}},
+            "shadow.add_headers: 'Bad Name' is not a valid header name",
+        ),
+        ({**MINIMAL, "shadow": {"drop_headers": ["a:b"]}}, "shadow.drop_headers: 'a:b' is not"),
     ],
 )
 def test_each_bad_value_names_its_field_and_reason(data: dict[str, Any], expected: str) -> None:

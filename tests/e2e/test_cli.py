@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -181,4 +182,26 @@ def test_demo_runs_for_its_duration_and_prints_live_numbers() -> None:
     assert "http://127.0.0.1:" in out and "/metrics" in out
     assert out.count("agreement") >= 2  # at least one live summary plus the final one
     assert "final totals" in out
+    assert "Traceback" not in result.stderr
+
+
+def test_run_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "proxy.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "listen": {"host": "127.0.0.1", "port": port},
+                    "admin": {"port": 0},
+                    "backends": {"legacy": {"url": "http://127.0.0.1:9"}},
+                }
+            )
+        )
+        result = cli("run", "--config", str(config))
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: cannot listen:")
+    assert f"('127.0.0.1', {port}): address already in use" in result.stderr.lower()
     assert "Traceback" not in result.stderr

@@ -336,3 +336,19 @@ async def test_a_client_that_stops_reading_gives_back_its_shadow_slot(
         assert outcome(proxy, "dropped_inflight") == 0  # the slot was free again
     finally:
         writer.close()
+
+
+async def test_shutdown_cancels_shadow_work_after_its_grace_and_counts_it(
+    make_proxy: ProxyFactory, legacy: Fake, agent: Fake
+) -> None:
+    agent.delay = 5.0
+    cfg = config(legacy, agent)
+    cfg["shutdown"] = {"shadow_grace": "100ms"}
+    proxy = await make_proxy(**cfg)
+    for _ in range(3):
+        assert (await proxy.client.get("/api/x")).status == 200
+    started = time.monotonic()
+    await proxy.client.close()  # runs the app's cleanup: drain, then close pools
+    assert time.monotonic() - started < 3
+    assert outcome(proxy, "cancelled") == 3
+    assert proxy.value("shadow_proxy_shadow_in_flight") == 0

@@ -9,6 +9,7 @@ lookup, not a label-tuple validation, per observation.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -88,6 +89,38 @@ class Metrics:
             p + "mismatch_fields", "Differences by field path (indices folded to [*]).",
             ["route", "path"], registry=r,
         )  # fmt: skip
+        self._percent = Gauge(
+            p + "rollout_percent", "Share of live traffic the agent serves.", ["route"], registry=r
+        )
+        self._stage = Gauge(
+            p + "rollout_stage", "1 for the route's current rollout stage.",
+            ["route", "stage"], registry=r,
+        )  # fmt: skip
+        self._gate_value = Gauge(
+            p + "rollout_gate_value", "Each gate's current value (NaN: no data).",
+            ["route", "gate"], registry=r,
+        )  # fmt: skip
+        self._gate_threshold = Gauge(
+            p + "rollout_gate_threshold", "Each gate's threshold.", ["route", "gate"], registry=r
+        )
+        self._transitions = Counter(
+            p + "rollout_transitions", "Rollout stage changes by cause.",
+            ["route", "from_stage", "to_stage", "reason"], registry=r,
+        )  # fmt: skip
+        self._fallbacks = Counter(
+            p + "fallbacks", "Agent-chosen requests answered by legacy, by cause.",
+            ["route", "reason"], registry=r,
+        )  # fmt: skip
+        self._circuit = Gauge(
+            p + "circuit_state", "1 for the agent circuit breaker's current state.",
+            ["route", "state"], registry=r,
+        )  # fmt: skip
+        self._retries = Counter(
+            p + "retries", "Agent calls retried after a transient failure.", ["route"], registry=r
+        )
+        self._reloads = Counter(
+            p + "config_reloads", "Config file reloads by result.", ["result"], registry=r
+        )
         self._paths_cap = mismatch_paths_per_route
         self._paths: dict[str, set[str]] = {}
         self._agreement = {name: RollingAgreement(agreement_window) for name in routes}
@@ -153,6 +186,31 @@ class Metrics:
             self._child(self._agreement_gauge, route).set(window.ratio())
         for path in {self._path_label(route, d.path) for d in result.differences}:
             self._child(self._mismatch, route, path).inc()
+
+    def rollout(self, route: str, stage: str, percent: float, stages: Iterable[str]) -> None:
+        self._child(self._percent, route).set(percent)
+        for name in stages:
+            self._child(self._stage, route, name).set(1 if name == stage else 0)
+
+    def gate(self, route: str, gate: str, value: float | None, threshold: float) -> None:
+        self._child(self._gate_value, route, gate).set(math.nan if value is None else value)
+        self._child(self._gate_threshold, route, gate).set(threshold)
+
+    def transition(self, route: str, from_stage: str, to_stage: str, reason: str) -> None:
+        self._child(self._transitions, route, from_stage, to_stage, reason).inc()
+
+    def fallback(self, route: str, reason: str) -> None:
+        self._child(self._fallbacks, route, reason).inc()
+
+    def circuit(self, route: str, state: str, states: Iterable[str]) -> None:
+        for name in states:
+            self._child(self._circuit, route, name).set(1 if name == state else 0)
+
+    def retry(self, route: str) -> None:
+        self._child(self._retries, route).inc()
+
+    def reload(self, result: str) -> None:
+        self._child(self._reloads, result).inc()
 
     def agreement(self, route: str) -> RollingAgreement | None:
         return self._agreement.get(route)

@@ -1,7 +1,7 @@
 """Which requests are mirrored: a percentage, sticky by a key when configured.
 
 A sticky key (header, cookie or query parameter) is hashed into one of
-10,000 buckets, so a given user is either always or never shadowed at a given
+100,000 buckets, so a given user is either always or never shadowed at a given
 percentage, and raising the percentage only ever adds users (monotonic).
 Without a key, or when a request lacks it, the choice is random.
 """
@@ -15,7 +15,7 @@ from http.cookies import CookieError, SimpleCookie
 
 from proxy.settings import StickyKey
 
-BUCKETS = 10_000
+BUCKETS = 100_000  # 0.001% granularity: fractional steps like 0.5% are exact
 
 
 def bucket(salt: bytes, key: str) -> int:
@@ -45,11 +45,13 @@ class Sampler:
         rng: random.Random | None = None,
     ) -> None:
         self._salt = salt.encode()[:64]
-        self._threshold = round(percent * BUCKETS / 100)
+        self.percent = percent
         self._sticky = sticky
         self._random = (rng or random.Random()).random
 
-    def key(self, headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
+    def key(
+        self, headers: Mapping[str, str], query: Mapping[str, str], client_ip: str | None = None
+    ) -> str | None:
         sticky = self._sticky
         if sticky is None:
             return None
@@ -57,16 +59,32 @@ class Sampler:
             return headers.get(sticky.header)
         if sticky.query is not None:
             return query.get(sticky.query)
+        if sticky.client_ip:
+            return client_ip
         assert sticky.cookie is not None
         raw = headers.get("Cookie")
         return cookie_value(raw, sticky.cookie) if raw else None
 
-    def sampled(self, headers: Mapping[str, str], query: Mapping[str, str]) -> bool:
-        if self._threshold >= BUCKETS:
+    def sampled(
+        self, headers: Mapping[str, str], query: Mapping[str, str], client_ip: str | None = None
+    ) -> bool:
+        """Whether this request falls inside the configured percentage."""
+        return self.chosen(self.percent, headers, query, client_ip)
+
+    def chosen(
+        self,
+        percent: float,
+        headers: Mapping[str, str],
+        query: Mapping[str, str],
+        client_ip: str | None = None,
+    ) -> bool:
+        """Whether this request falls inside ``percent`` (which may change at run time)."""
+        threshold = percent * BUCKETS / 100
+        if threshold >= BUCKETS:
             return True
-        if self._threshold <= 0:
+        if threshold <= 0:
             return False
-        key = self.key(headers, query)
+        key = self.key(headers, query, client_ip)
         if key is None:
-            return self._random() * BUCKETS < self._threshold
-        return bucket(self._salt, key) < self._threshold
+            return self._random() * BUCKETS < threshold
+        return bucket(self._salt, key) < threshold

@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     GetJsonSchemaHandler,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -28,6 +29,7 @@ from yarl import URL
 
 import comparators
 from proxy.errors import ConfigError
+from proxy.policy import BreakerConfig, FallbackConfig, RetryConfig, RolloutConfig
 from proxy.units import ByteSize, Duration
 
 UNMATCHED_ROUTE = "unmatched"
@@ -50,6 +52,16 @@ class Listener(Model):
 class AdminListener(Model):
     host: str = "127.0.0.1"
     port: int = Field(9090, ge=0, le=65535, description="0 picks a free port")
+    token: SecretStr | None = Field(
+        None, description="bearer token for admin writes (or SHADOW_PROXY_ADMIN__TOKEN)"
+    )
+    token_file: Path | None = Field(None, description="read the token from this file instead")
+
+    def write_token(self) -> str | None:
+        """The token admin writes need; None disables writes."""
+        if self.token_file is not None:
+            return self.token_file.read_text(encoding="utf-8").strip() or None
+        return self.token.get_secret_value() if self.token else None
 
 
 class Backend(Model):
@@ -82,17 +94,18 @@ class Backends(Model):
 
 
 class StickyKey(Model):
-    """Where to find the value hashed for deterministic sampling: exactly one."""
+    """Where to find the value hashed for deterministic choices: exactly one."""
 
     header: str | None = None
     cookie: str | None = None
     query: str | None = None
+    client_ip: bool = Field(False, description="the client's address")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:
-        given = [n for n in ("header", "cookie", "query") if getattr(self, n)]
+        given = [n for n in ("header", "cookie", "query", "client_ip") if getattr(self, n)]
         if len(given) != 1:
-            raise ValueError("set exactly one of header, cookie, query")
+            raise ValueError("set exactly one of header, cookie, query, client_ip")
         return self
 
 
@@ -179,6 +192,11 @@ class Route(Model):
     max_body_size: ByteSize | None = Field(None, description="default: the top-level one")
     side_effect_free: bool = Field(False, description="allow mirroring non-GET/HEAD/OPTIONS")
     shadow: RouteShadow = RouteShadow()
+    rollout: RolloutConfig | None = Field(None, description="absent: legacy serves all live")
+    sticky_key: StickyKey | None = Field(None, description="who stays on the agent (live share)")
+    fallback: FallbackConfig = FallbackConfig()
+    retries: RetryConfig = RetryConfig()
+    breaker: BreakerConfig = BreakerConfig()
     compare: tuple[ComparatorSpec, ...] = (
         ComparatorSpec(name="status"),
         ComparatorSpec(name="json"),
@@ -234,6 +252,12 @@ class LoggingSettings(Model):
     max_value_chars: int = Field(200, ge=16, description="longer values are truncated")
 
 
+class RoutingSettings(Model):
+    force_header: str | None = Field(
+        None, description="a request header whose value legacy|agent forces the backend"
+    )
+
+
 class ShutdownSettings(Model):
     drain_delay: Duration = Field(0.0, description="keep serving after readiness turns 503")
     timeout: Duration = Field(30.0, description="wait this long for in-flight live requests")
@@ -254,6 +278,9 @@ class Settings(BaseSettings):
     shadow: ShadowSettings = ShadowSettings()
     max_body_size: ByteSize = Field(64 * 1024 * 1024, description="request body limit (413)")
     routes: tuple[Route, ...] = ()
+    routing: RoutingSettings = RoutingSettings()
+    state_file: Path | None = Field(None, description="where rollout state survives restarts")
+    reload_interval: Duration = Field(2.0, description="how often the config file is checked")
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
@@ -275,10 +302,11 @@ class Settings(BaseSettings):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"route names must be unique; repeated: {', '.join(duplicates)}")
-        shadowed = [r.name for r in self.routes if r.shadow.enabled]
-        if shadowed and self.backends.agent is None:
+        needs_agent = [r.name for r in self.routes if r.shadow.enabled or r.rollout]
+        if needs_agent and self.backends.agent is None:
             raise ValueError(
-                f"routes {', '.join(shadowed)} enable shadow but backends.agent is not set"
+                f"routes {', '.join(needs_agent)} enable shadow or rollout"
+                " but backends.agent is not set"
             )
         return self
 

@@ -77,7 +77,7 @@ def route(**fields: Any) -> dict[str, Any]:
         (route(compare=["jsn"]), "routes.0.compare.0: unknown comparator 'jsn'; known: exact"),
         (route(compare=[{"name": "json", "abs_tol": "x"}]), "routes.0.compare.0: json: abs_tol"),
         (route(name="unmatched"), "routes.0.name: 'unmatched' is reserved"),
-        (route(shadow={"enabled": True}), "enable shadow but backends.agent is not set"),
+        (route(shadow={"enabled": True}), "enable shadow or rollout but backends.agent is not set"),
         (
             {**MINIMAL, "shadow": {"add_headers": {"X-A": "1\r\nX-Injected: 1"}}},
             "shadow.add_headers: the value of X-A contains control characters",

@@ -1,0 +1,122 @@
+"""Where a legacy/agent pair of answers becomes evidence: the comparison, its
+metrics, the mismatch log, and the route's rolling window for the gates.
+
+Shared by the shadow path (legacy served, agent mirrored) and the agent path
+(agent served, legacy called alongside), so both feed the rollout alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from comparators import Comparator, Comparison, Verdict, compare
+from proxy.headers import trace_id
+from proxy.logs import truncate
+from proxy.metrics import Metrics
+from proxy.settings import LoggingSettings
+from proxy.types import Observation
+from proxy.window import EvidenceWindow
+
+log = structlog.get_logger("proxy.evidence")
+
+# Bodies above this are compared on a worker thread so the loop keeps serving
+# (about 0.5 ms of diffing for 16 KiB of JSON).
+INLINE_COMPARE_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """Which request a pair of answers belongs to, for logs."""
+
+    route: str
+    request_id: str
+    traceparent: str | None
+    method: str
+    raw_path: str
+    served_by: str  # who answered the client: legacy or agent
+
+
+async def judge(
+    comparators: Sequence[Comparator], live: Observation, agent: Observation
+) -> Comparison:
+    """Compare two answers; failures and oversize bodies are verdicts, not raises."""
+    if live.error is not None:
+        return Comparison.skipped(f"legacy failed: {live.error}")
+    if agent.error is not None:
+        return Comparison.error(f"agent failed: {agent.error}")
+    if agent.status >= 500 > live.status:  # the agent failed; that is not disagreement
+        return Comparison.error(f"agent answered {agent.status}")
+    if live.body is None:
+        return Comparison.skipped("legacy body exceeds the capture limit")
+    if agent.body is None:
+        return Comparison.skipped("agent body exceeds the capture limit")
+    legacy_sample, agent_sample = live.sample(), agent.sample()
+    if len(live.body) + len(agent.body) <= INLINE_COMPARE_BYTES:
+        return compare(comparators, legacy_sample, agent_sample)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, compare, comparators, legacy_sample, agent_sample)
+
+
+class Evidence:
+    def __init__(self, metrics: Metrics, logging: LoggingSettings) -> None:
+        self._metrics = metrics
+        self._logging = logging
+
+    async def record(
+        self,
+        exchange: Exchange,
+        comparators: Sequence[Comparator],
+        live: Observation,
+        agent: Observation,
+        window: EvidenceWindow | None,
+    ) -> Comparison:
+        result = await judge(comparators, live, agent)
+        self._metrics.comparison(exchange.route, result)
+        if window is not None and result.verdict in (Verdict.MATCH, Verdict.MISMATCH):
+            window.comparison(result.verdict is Verdict.MATCH, time.monotonic())
+        if result.verdict is Verdict.MISMATCH:
+            self._log_mismatch(exchange, live, agent, result)
+        elif result.verdict in (Verdict.ERROR, Verdict.SKIPPED):
+            log.info(
+                f"comparison_{result.verdict.value}",
+                route=exchange.route,
+                request_id=exchange.request_id,
+                trace_id=trace_id(exchange.traceparent),
+                reason=result.reason,
+            )
+        return result
+
+    def _log_mismatch(
+        self, exchange: Exchange, live: Observation, agent: Observation, result: Comparison
+    ) -> None:
+        cap, chars = self._logging.max_differences, self._logging.max_value_chars
+        differences = [
+            {
+                "path": d.path,
+                "kind": d.kind.value,
+                "legacy": truncate(d.legacy, chars),
+                "agent": truncate(d.agent, chars),
+            }
+            for d in result.differences[:cap]
+        ]
+        log.info(
+            "mismatch",
+            route=exchange.route,
+            request_id=exchange.request_id,
+            trace_id=trace_id(exchange.traceparent),
+            served_by=exchange.served_by,
+            method=exchange.method,
+            path=truncate(exchange.raw_path, chars),
+            legacy_ms=round(live.latency * 1000, 2),
+            agent_ms=round(agent.latency * 1000, 2),
+            legacy_status=live.status,
+            agent_status=agent.status,
+            score=round(result.score, 4),
+            differences=differences,
+            differences_omitted=max(0, len(result.differences) - cap),
+        )

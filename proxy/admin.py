@@ -1,17 +1,29 @@
-"""The admin listener: metrics and health, on a port apart from traffic.
+"""The admin listener: metrics, health, and the rollout API, apart from traffic.
 
 Kept separate so a flood of client traffic cannot starve a scrape or a
 probe, and so the admin port can stay on loopback while traffic is public.
+Reads are open (a dashboard or a probe needs no secret); writes need the
+bearer token, compared in constant time, and are refused outright when no
+token is configured.
 """
 
 from __future__ import annotations
 
+import hmac
+import math
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
+import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from proxy.controller import Controller, UnknownRouteError
 from proxy.metrics import Metrics
+from proxy.rollout import Command, Decision, GateResult
+from proxy.routing import RouteRuntime
 
 
 @dataclass(slots=True)
@@ -24,6 +36,14 @@ class Health:
 
 METRICS = web.AppKey("metrics", Metrics)
 HEALTH = web.AppKey("health", Health)
+ROLLOUT = web.AppKey("rollout", Controller)
+TOKEN = web.AppKey("token", str)
+COMMANDS = {c.value: c for c in Command if c is not Command.SET}
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    body = orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
+    return web.Response(status=status, body=body, content_type="application/json")
 
 
 async def metrics_view(request: web.Request) -> web.Response:
@@ -32,23 +52,132 @@ async def metrics_view(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return _json({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
     health = request.app[HEALTH]
     if health.draining:
-        return web.json_response({"status": "draining"}, status=503)
+        return _json({"status": "draining"}, status=503)
     if not health.ready:
-        return web.json_response({"status": "starting"}, status=503)
-    return web.json_response({"status": "ready"})
+        return _json({"status": "starting"}, status=503)
+    return _json({"status": "ready"})
 
 
-def create_admin_app(metrics: Metrics, health: Health) -> web.Application:
-    app = web.Application()
+def _gate(g: GateResult) -> dict[str, Any]:
+    value = None if g.value is None or math.isnan(g.value) else g.value
+    return {"name": g.name, "value": value, "threshold": g.threshold, "ok": g.ok}
+
+
+def _decision(d: Decision | None) -> dict[str, Any] | None:
+    if d is None:
+        return None
+    return {
+        "action": d.action,
+        "reason": d.reason,
+        "from_stage": d.from_stage.value,
+        "to_stage": d.to_stage.value,
+        "gates": [_gate(g) for g in d.gates],
+    }
+
+
+def _route(rt: RouteRuntime, controller: Controller, now: float) -> dict[str, Any]:
+    state = rt.state
+    return {
+        "mode": "auto" if rt.policy and rt.policy.auto else "manual",
+        "stage": state.stage.value,
+        "percent": state.percent,
+        "pending": {"stage": state.pending[0].value, "percent": state.pending[1]}
+        if state.pending
+        else None,
+        "reason": state.reason,
+        "seconds_in_stage": round(max(0.0, now - state.since), 1),
+        "consecutive_failures": state.consecutive_failures,
+        "cumulative_failures": state.cumulative_failures,
+        "breaker": rt.breaker.state(now).value if rt.breaker else None,
+        "last_decision": _decision(controller.last.get(rt.name)),
+    }
+
+
+async def rollout_view(request: web.Request) -> web.Response:
+    controller = request.app[ROLLOUT]
+    now = time.monotonic()
+    routes = controller.routing().runtimes.values()
+    body = {rt.name: _route(rt, controller, now) for rt in routes if rt.policy is not None}
+    return _json({"routes": body})
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _authorized(handler: Handler) -> Handler:
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        expected = request.app[TOKEN]
+        if not expected:
+            reason = "admin writes are disabled: no admin token is configured"
+            return _json({"error": "forbidden", "reason": reason}, status=403)
+        given = request.headers.get("Authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), expected.encode()
+        ):
+            body = {"error": "unauthorized", "reason": "a valid bearer token is required"}
+            response = _json(body, status=401)
+            response.headers["WWW-Authenticate"] = 'Bearer realm="shadow-proxy"'
+            return response
+        return await handler(request)
+
+    return guarded
+
+
+def _run(request: web.Request, command: Command, percent: float | None = None) -> web.Response:
+    controller = request.app[ROLLOUT]
+    route = request.match_info["route"]
+    try:
+        decision = controller.command(route, command, percent)
+    except UnknownRouteError:
+        reason = f"no route named {route!r} has a rollout"
+        return _json({"error": "not_found", "reason": reason}, status=404)
+    except ValueError as exc:
+        return _json({"error": "bad_request", "reason": str(exc)}, status=400)
+    return _json({"route": route, "decision": _decision(decision)})
+
+
+async def command_view(request: web.Request) -> web.Response:
+    name = request.match_info["command"]
+    command = COMMANDS.get(name)
+    if command is None:
+        reason = f"unknown command {name!r}; known: {', '.join(sorted(COMMANDS))}"
+        return _json({"error": "not_found", "reason": reason}, status=404)
+    return _run(request, command)
+
+
+async def share_view(request: web.Request) -> web.Response:
+    try:
+        data = orjson.loads(await request.read())
+        percent = float(data["percent"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        reason = 'the body must be JSON like {"percent": 5}'
+        return _json({"error": "bad_request", "reason": reason}, status=400)
+    return _run(request, Command.SET, percent)
+
+
+def create_admin_app(
+    metrics: Metrics,
+    health: Health,
+    controller: Controller | None = None,
+    token: str | None = None,
+) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024)
     app[METRICS] = metrics
     app[HEALTH] = health
+    app[TOKEN] = token or ""
     app.router.add_get("/metrics", metrics_view)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if controller is not None:
+        app[ROLLOUT] = controller
+        app.router.add_get("/rollout", rollout_view)
+        app.router.add_post("/rollout/{route}/{command}", _authorized(command_view))
+        app.router.add_put("/rollout/{route}/share", _authorized(share_view))
     return app

@@ -1,21 +1,34 @@
 """Wiring: settings in, a ready-to-serve aiohttp application out.
 
-Upstream connection pools and the shadow task set are opened and closed in
-``cleanup_ctx``, so whoever runs the app (the CLI, the demo, a test client)
-gets the same startup and the same drain.
+Upstream connection pools, the shadow task set and the rollout controller are
+opened and closed in ``cleanup_ctx``, so whoever runs the app (the CLI, the
+demo, a test client) gets the same startup and the same drain. Everything
+that must outlive one request but can change at run time — the route table,
+shares, breakers — sits in one :class:`~proxy.routing.Routing`, read by the
+live path and swapped whole on reload.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import structlog
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
+from proxy import statefile
 from proxy.admin import HEALTH, Health
+from proxy.agentpath import AgentPath
+from proxy.controller import Controller
+from proxy.evidence import Evidence
 from proxy.live import LiveHandler
 from proxy.metrics import Metrics
+from proxy.reload import ConfigWatcher
 from proxy.routes import RouteTable
+from proxy.routing import Routing
 from proxy.settings import Settings
 from proxy.shadow import Shadow
 from proxy.tasks import TaskSet
@@ -26,9 +39,9 @@ log = structlog.get_logger("proxy.app")
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
-ROUTES = web.AppKey("routes", RouteTable)
 HANDLER = web.AppKey("handler", LiveHandler)
 TASKS = web.AppKey("tasks", TaskSet)
+CONTROLLER = web.AppKey("controller", Controller)
 
 
 def build_metrics(settings: Settings, *, process: bool = False) -> Metrics:
@@ -39,22 +52,75 @@ def build_metrics(settings: Settings, *, process: bool = False) -> Metrics:
     }
     if process:
         return Metrics.for_process(names, **options)
-    from prometheus_client import CollectorRegistry
-
     return Metrics(CollectorRegistry(), names, **options)
 
 
+def load_routing(settings: Settings) -> Routing:
+    """The starting routing: the config, with rollout state from the state file."""
+    saved = {}
+    if settings.state_file is not None:
+        try:
+            saved = statefile.load(settings.state_file)
+        except (OSError, ValueError) as exc:  # start from the config, which is the safe side
+            log.error("state_file_unreadable", path=str(settings.state_file), error=str(exc))
+    return Routing(settings, saved, now=time.monotonic())
+
+
+# Parts of the config that belong to sockets and pools opened at start.
+RESTART_ONLY = ("listen", "admin", "backends", "shutdown", "logging", "state_file")
+
+
+class Core:
+    """The pieces both listeners share: routing, the controller, and (once the
+    app runs) the live handler and shadow path that a reload reconfigures."""
+
+    def __init__(
+        self, settings: Settings, metrics: Metrics, config_path: Path | None = None
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.config_path = config_path
+        self.routing = load_routing(settings)
+        self.controller = Controller(lambda: self.routing, metrics, settings.state_file)
+        self.handler: LiveHandler | None = None
+        self.shadow: Shadow | None = None
+
+    def apply(self, new: Settings) -> list[str]:
+        """Take a reloaded config; return what only a restart would apply."""
+        old = self.settings
+        ignored = [f for f in RESTART_ONLY if getattr(new, f) != getattr(old, f)]
+        effective = new.model_copy(update={f: getattr(old, f) for f in RESTART_ONLY})
+        self.metrics.add_routes(RouteTable.from_settings(effective).names)
+        self.routing = Routing(effective, now=time.monotonic(), previous=self.routing)
+        self.settings = effective
+        if self.shadow is not None:
+            self.shadow.reconfigure(effective.shadow, self.routing.table.routes)
+        if self.handler is not None:
+            self.handler.routing = self.routing
+            self.handler.force_header = effective.routing.force_header
+        self.controller.publish_all()
+        self.controller.save()
+        return ignored
+
+
 def create_app(
-    settings: Settings, metrics: Metrics, health: Health | None = None
+    settings: Settings,
+    metrics: Metrics,
+    health: Health | None = None,
+    core: Core | None = None,
 ) -> web.Application:
     app = web.Application()
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[HEALTH] = health or Health()
-    app[ROUTES] = RouteTable.from_settings(settings)
+    app[CORE] = core or Core(settings, metrics)
+    app[CONTROLLER] = app[CORE].controller
     app.cleanup_ctx.append(_runtime)
     app.router.add_route("*", "/{tail:.*}", _handle)
     return app
+
+
+CORE = web.AppKey("core", Core)
 
 
 async def _handle(request: web.Request) -> web.StreamResponse:
@@ -64,29 +130,52 @@ async def _handle(request: web.Request) -> web.StreamResponse:
 async def _runtime(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     metrics = app[METRICS]
-    table = app[ROUTES]
+    core = app[CORE]
     tasks = TaskSet()
     legacy = Upstream(LEGACY, settings.backends.legacy)
     agent = Upstream(AGENT, settings.backends.agent) if settings.backends.agent else None
     await legacy.start()
-    shadow = None
+    shadow = agent_path = None
+    evidence = Evidence(metrics, settings.logging)
     if agent is not None:
         await agent.start()
         live_wait = settings.backends.legacy.timeout + settings.listen.send_timeout
-        shadow = Shadow(
-            agent, settings.shadow, settings.logging, metrics, tasks, table.routes, live_wait
+        routes = core.routing.table.routes
+        shadow = core.shadow = Shadow(
+            agent, settings.shadow, evidence, metrics, tasks, routes, live_wait
         )
-    app[HANDLER] = LiveHandler(table, legacy, shadow, metrics, settings.listen.send_timeout)
+        agent_path = AgentPath(agent, legacy, evidence, metrics, tasks)
+    handler = core.handler = LiveHandler(
+        core.routing,
+        legacy,
+        shadow,
+        agent_path,
+        metrics,
+        settings.listen.send_timeout,
+        settings.routing.force_header,
+    )
+    app[HANDLER] = handler
     app[TASKS] = tasks
+    stop = asyncio.Event()
+    # Not in ``tasks``: that set is the bounded shadow work drained at shutdown;
+    # the controller lives as long as the app, held here and awaited below.
+    loop = asyncio.get_running_loop()
+    services = [loop.create_task(core.controller.run(stop), name="rollout-controller")]
+    if core.config_path is not None:
+        watcher = ConfigWatcher(core.config_path, settings.reload_interval, core.apply, metrics)
+        services.append(loop.create_task(watcher.run(stop), name="config-watcher"))
     app[HEALTH].ready = True
     try:
         yield
     finally:
         app[HEALTH].ready = False
+        stop.set()
+        await asyncio.gather(*services)
         pending = len(tasks)
         cancelled = await tasks.drain(settings.shutdown.shadow_grace)
         if pending:
             log.info("shadow_drained", pending=pending, cancelled=cancelled)
+        core.controller.save()
         await legacy.close()
         if agent is not None:
             await agent.close()

@@ -52,13 +52,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_problems(exc: ConfigError) -> None:
+    print(f"error: {exc.source} is not a valid config:", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  - {problem}", file=sys.stderr)
+
+
 def _load(path: Path) -> Settings:
     try:
         return load_settings(path)
     except ConfigError as exc:
-        print(f"error: {exc.source} is not a valid config:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  - {problem}", file=sys.stderr)
+        _print_problems(exc)
         raise SystemExit(EXIT_CONFIG) from None
 
 
@@ -85,7 +89,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     logs.configure(settings.logging)
     try:
-        run_async(lambda stop: serve(settings, stop))
+        run_async(lambda stop: serve(settings, stop, args.config))
+    except ConfigError as exc:
+        _print_problems(exc)
+        return EXIT_CONFIG
     except OSError as exc:
         print(f"error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1

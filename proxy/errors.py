@@ -19,6 +19,7 @@ class ConfigError(Exception):
 class BodyTooLargeError(Exception):
     """A request body grew past the route's limit while being streamed."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, prefix: bytes = b"") -> None:
         self.limit = limit
+        self.prefix = prefix  # what was read before the limit was passed
         super().__init__(f"request body exceeds {limit} bytes")

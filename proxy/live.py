@@ -11,40 +11,29 @@ stops reading is the client's doing, never counted against legacy.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable
 from time import perf_counter
 from typing import Any
 
 import aiohttp
-import orjson
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
+from proxy.agentpath import FALLBACK_REASON, SERVED_BY, AgentPath
 from proxy.capture import BodyCapture
 from proxy.errors import BodyTooLargeError
 from proxy.headers import to_client, to_upstream
 from proxy.metrics import Metrics
-from proxy.routes import CompiledRoute, RouteTable
+from proxy.replies import error_response, failure_response
+from proxy.routes import CompiledRoute
+from proxy.routing import RouteRuntime, Routing
 from proxy.shadow import Shadow, ShadowJob
-from proxy.types import LEGACY, PROXY, Failure, Mode, Observation, ShadowOutcome
+from proxy.types import AGENT, LEGACY, PROXY, Mode, Observation, ShadowOutcome
 from proxy.upstream import Upstream
 
 log = structlog.get_logger("proxy.live")
-
-
-def error_response(
-    status: int, error: str, reason: str, backend: str | None = None
-) -> web.Response:
-    payload: dict[str, Any] = {"error": error, "reason": reason}
-    if backend is not None:
-        payload["backend"] = backend
-    return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json")
-
-
-def failure_response(failure: Failure, backend: str) -> web.Response:
-    error = "gateway_timeout" if failure.status == 504 else "bad_gateway"
-    return error_response(failure.status, error, failure.reason, backend)
 
 
 def has_dot_segments(path: str) -> bool:
@@ -62,28 +51,33 @@ class LiveHandler:
 
     def __init__(
         self,
-        table: RouteTable,
+        routing: Routing,
         legacy: Upstream,
         shadow: Shadow | None,
+        agent: AgentPath | None,
         metrics: Metrics,
         send_timeout: float,
+        force_header: str | None = None,
     ) -> None:
-        self.table = table
+        self.routing = routing  # swapped whole by a config reload
         self.legacy = legacy
         self.shadow = shadow
+        self.agent = agent
         self.metrics = metrics
         self.send_timeout = send_timeout
+        self.force_header = force_header
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         start = perf_counter()
+        routing = self.routing
         method = request.method
         raw_path = request.raw_path
         path = request.path
         if not raw_path.startswith("/") or has_dot_segments(path):
-            route = self.table.fallback
+            route = routing.table.fallback
             reason = "the request target is not a plain path"
             return self._reject(route, 400, "bad_request", reason, "bad_path")
-        route = self.table.match(method, path)
+        route = routing.table.match(method, path)
         length = request.content_length
         if length is not None and length > route.body_limit:
             return self._too_large(route)
@@ -93,9 +87,15 @@ class LiveHandler:
             scheme=request.scheme,
             preserve_host=route.preserve_host,
         )
+        runtime = routing.runtimes.get(route.name)
+        forced = self._forced(request)
+        if runtime is not None and self._agent_serves(request, runtime, headers, forced):
+            return await self._serve_agent(request, route, runtime, headers, start, forced)
         job = None
         if route.shadow and self.shadow is not None:
-            job = self.shadow.admit(route, method, raw_path, headers, request.query, length)
+            job = self.shadow.admit(
+                route, method, raw_path, headers, request.query, length, request.remote, runtime
+            )
         body = None
         if request.body_exists:
             body = _request_body(request.content, route.body_limit, job)
@@ -107,14 +107,71 @@ class LiveHandler:
             if job is not None:
                 _abandon(job, "the live exchange ended without an answer")
 
+    def _agent_serves(
+        self,
+        request: web.Request,
+        runtime: RouteRuntime,
+        headers: CIMultiDict[str],
+        forced: str | None,
+    ) -> bool:
+        """The route's share, sticky by its key; a forcing header wins (for testing)."""
+        if self.agent is None or forced == LEGACY:
+            return False
+        if forced == AGENT:
+            return True
+        share = runtime.percent
+        return share > 0 and runtime.splitter.chosen(share, headers, request.query, request.remote)
+
+    def _forced(self, request: web.Request) -> str | None:
+        if self.force_header is None:
+            return None
+        value = request.headers.get(self.force_header, "").strip().lower()
+        return value if value in (LEGACY, AGENT) else None
+
+    async def _serve_agent(
+        self,
+        request: web.Request,
+        route: CompiledRoute,
+        runtime: RouteRuntime,
+        headers: CIMultiDict[str],
+        start: float,
+        forced: str | None,
+    ) -> web.StreamResponse:
+        """The agent was chosen: its request body is needed whole (bounded), twice."""
+        assert self.agent is not None
+
+        async def forward_legacy(
+            body: bytes | AsyncIterator[bytes], extra: CIMultiDict[str]
+        ) -> web.StreamResponse:
+            return await self._forward(request, route, headers, body, None, start, extra)
+
+        body = b""
+        if request.body_exists:
+            limit = min(route.body_limit, runtime.max_buffer)
+            try:
+                body = await _read_whole(request.content, limit)
+            except BodyTooLargeError as exc:  # too big to hold: legacy streams it
+                rest = _request_body(request.content, route.body_limit - len(exc.prefix), None)
+                extra = CIMultiDict({SERVED_BY: LEGACY, FALLBACK_REASON: "too_large"})
+                runtime.window.served(True, time.monotonic())
+                self.metrics.fallback(route.name, "too_large")
+                return await forward_legacy(_chain(exc.prefix, rest), extra)
+            except _ClientGone:
+                self.metrics.rejected(route.name, "client_gone")
+                return web.Response(status=499)
+        return await self.agent.serve(
+            request, route, runtime, headers, body, forward_legacy, forced == AGENT
+        )
+
     async def _forward(
         self,
         request: web.Request,
         route: CompiledRoute,
         headers: CIMultiDict[str],
-        body: AsyncIterator[bytes] | None,
+        body: bytes | AsyncIterator[bytes] | None,
         job: ShadowJob | None,
         start: float,
+        extra: CIMultiDict[str] | None = None,
     ) -> web.StreamResponse:
         name = route.name
         sent = perf_counter()
@@ -123,6 +180,8 @@ class LiveHandler:
             async with self.legacy.request(request.method, request.raw_path, headers, body) as up:
                 received = perf_counter()
                 head = _response_for(up)
+                if extra is not None:
+                    head.headers.update(extra)
                 await self._send(head.prepare(request))
                 response = head  # from here on, the client has seen a status
                 self.metrics.overhead(name, (sent - start) + (perf_counter() - received))
@@ -210,7 +269,31 @@ def _response_for(up: aiohttp.ClientResponse) -> web.StreamResponse:
     """The client's response head; a header aiohttp will not send is legacy's fault."""
     response = web.StreamResponse(status=up.status, reason=up.reason)
     response.headers.extend(to_client(up.headers))
+    response.headers[SERVED_BY] = LEGACY
     return response
+
+
+async def _read_whole(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The whole body, or BodyTooLargeError carrying what was read so far."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            chunk = await content.readany()
+        except (ConnectionError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError) as exc:
+            raise _ClientGone from exc
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        chunks.append(chunk)
+        if size > limit:
+            raise BodyTooLargeError(limit, b"".join(chunks))
+
+
+async def _chain(prefix: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield prefix
+    async for chunk in rest:
+        yield chunk
 
 
 async def _request_body(

@@ -123,6 +123,7 @@ class Metrics:
         )
         self._paths_cap = mismatch_paths_per_route
         self._paths: dict[str, set[str]] = {}
+        self._agreement_size = agreement_window
         self._agreement = {name: RollingAgreement(agreement_window) for name in routes}
         self._children: dict[tuple[Any, ...], Any] = {}
         self._prime(routes)
@@ -140,6 +141,13 @@ class Metrics:
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         return cls(registry, routes, **kwargs)
+
+    def add_routes(self, routes: Iterable[str]) -> None:
+        """Routes that appeared in a reloaded config get their series and window."""
+        new = [r for r in routes if r not in self._agreement]
+        for route in new:
+            self._agreement[route] = RollingAgreement(self._agreement_size)
+        self._prime(new)
 
     def _prime(self, routes: Iterable[str]) -> None:
         """Create every known series at zero so rates work from the first scrape."""

@@ -16,6 +16,7 @@ from comparators.paths import compile_path
 from proxy.breaker import BreakerPolicy
 from proxy.fallback import FallbackPolicy
 from proxy.retry import RetryPolicy
+from proxy.rollout import Gates, RolloutPolicy
 from proxy.units import ByteSize, Duration
 
 
@@ -53,6 +54,25 @@ class RolloutConfig(Model):
     max_consecutive_failures: int = Field(3, ge=1)
     max_cumulative_failures: int = Field(10, ge=1)
     on_failure: Literal["rollback", "hold"] = "rollback"
+
+    def to_policy(self) -> RolloutPolicy:
+        g = self.gates
+        return RolloutPolicy(
+            auto=self.mode == "auto",
+            steps=self.steps,
+            approval=frozenset(self.approval),
+            autonomous=self.autonomous,
+            gates=Gates(
+                min_samples=g.min_samples,
+                min_agreement=g.min_agreement,
+                max_error_rate=g.max_error_rate,
+                max_fallback_rate=g.max_fallback_rate,
+                max_latency_ratio=g.max_latency_ratio,
+            ),
+            max_consecutive_failures=self.max_consecutive_failures,
+            max_cumulative_failures=self.max_cumulative_failures,
+            on_failure=self.on_failure,
+        )
 
     @field_validator("steps")
     @classmethod

@@ -9,12 +9,14 @@ last so the drain can still be scraped.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import structlog
 from aiohttp import web
 
 from proxy.admin import Health, create_admin_app
-from proxy.app import build_metrics, create_app
+from proxy.app import Core, build_metrics, create_app
+from proxy.errors import ConfigError
 from proxy.metrics import Metrics
 from proxy.settings import Settings
 
@@ -28,12 +30,18 @@ def _url(runner: web.AppRunner) -> str:
 
 
 class ProxyServer:
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        config_path: Path | None = None,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics or build_metrics(settings, process=True)
         self.health = Health()
+        self.core = Core(settings, self.metrics, config_path)
         self._proxy = web.AppRunner(
-            create_app(settings, self.metrics, self.health),
+            create_app(settings, self.metrics, self.health, self.core),
             access_log=None,
             handle_signals=False,
             shutdown_timeout=settings.shutdown.timeout,
@@ -41,9 +49,13 @@ class ProxyServer:
             # legacy exchange at once instead of streaming into the void.
             handler_cancellation=True,
         )
-        self._admin = web.AppRunner(
-            create_admin_app(self.metrics, self.health), access_log=None, handle_signals=False
-        )
+        try:
+            token = settings.admin.write_token()
+        except OSError as exc:
+            problem = f"admin.token_file: cannot read: {exc.strerror or exc}"
+            raise ConfigError(str(settings.admin.token_file), [problem]) from None
+        admin = create_admin_app(self.metrics, self.health, self.core.controller, token)
+        self._admin = web.AppRunner(admin, access_log=None, handle_signals=False)
         self.proxy_url = ""
         self.admin_url = ""
 
@@ -72,9 +84,9 @@ class ProxyServer:
         log.info("stopped")
 
 
-async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    """Run until ``stop`` is set, then drain."""
-    server = ProxyServer(settings)
+async def serve(settings: Settings, stop: asyncio.Event, config_path: Path | None = None) -> None:
+    """Run until ``stop`` is set, then drain; reload ``config_path`` when it changes."""
+    server = ProxyServer(settings, config_path=config_path)
     await server.start()
     try:
         await stop.wait()

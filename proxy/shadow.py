@@ -22,22 +22,18 @@ import structlog
 from asyncio_throttle.throttler import Throttler
 from multidict import CIMultiDict
 
-from comparators import Comparison, Verdict, compare
 from proxy.capture import BodyCapture
-from proxy.headers import REQUEST_ID, to_shadow, trace_id
-from proxy.logs import truncate
+from proxy.evidence import Evidence, Exchange
+from proxy.headers import REQUEST_ID, to_shadow
 from proxy.metrics import Metrics
 from proxy.routes import CompiledRoute
-from proxy.settings import LoggingSettings, ShadowSettings
+from proxy.routing import RouteRuntime
+from proxy.settings import ShadowSettings
 from proxy.tasks import TaskSet
 from proxy.types import AGENT, LEGACY, Mode, Observation, ShadowOutcome
 from proxy.upstream import Upstream
 
 log = structlog.get_logger("proxy.shadow")
-
-# Bodies above this are compared on a worker thread so the loop keeps serving
-# (about 0.5 ms of diffing for 16 KiB of JSON).
-_INLINE_COMPARE_BYTES = 16 * 1024
 
 
 class RateGate:
@@ -50,6 +46,7 @@ class RateGate:
     """
 
     def __init__(self, per_second: float) -> None:
+        self.per_second = per_second
         limit = max(1, math.ceil(per_second))
         self._throttler = Throttler(rate_limit=limit, period=limit / per_second)
 
@@ -74,6 +71,7 @@ class ShadowJob:
     traceparent: str | None
     body: asyncio.Future[bytes | ShadowOutcome]  # the captured request body, or why not
     live: asyncio.Future[Observation]
+    runtime: RouteRuntime | None = None  # the route's breaker and evidence window
 
 
 class Shadow:
@@ -81,7 +79,7 @@ class Shadow:
         self,
         agent: Upstream,
         settings: ShadowSettings,
-        logging: LoggingSettings,
+        evidence: Evidence,
         metrics: Metrics,
         tasks: TaskSet,
         routes: Sequence[CompiledRoute],
@@ -93,12 +91,27 @@ class Shadow:
         self._live_wait = live_wait
         self.settings = settings
         self.capture_limit = settings.capture_limit
-        self._logging = logging
+        self._evidence = evidence
         self._metrics = metrics
         self._tasks = tasks
         self._timeout = agent.timeout(settings.timeout)
         self._gates = {r.name: RateGate(r.rate_limit) for r in routes if r.rate_limit}
         self.in_flight = 0
+
+    def reconfigure(self, settings: ShadowSettings, routes: Sequence[CompiledRoute]) -> None:
+        """A reloaded config: new bounds apply to new requests; rate gates of
+        routes whose limit did not change keep their history."""
+        self.settings = settings
+        self.capture_limit = settings.capture_limit
+        self._timeout = self.agent.timeout(settings.timeout)
+        gates = {}
+        for r in routes:
+            if r.rate_limit:
+                old = self._gates.get(r.name)
+                gates[r.name] = (
+                    old if old and old.per_second == r.rate_limit else RateGate(r.rate_limit)
+                )
+        self._gates = gates
 
     def admit(
         self,
@@ -108,14 +121,19 @@ class Shadow:
         upstream_headers: CIMultiDict[str],
         query: Mapping[str, str],
         content_length: int | None,
+        client_ip: str | None = None,
+        runtime: RouteRuntime | None = None,
     ) -> ShadowJob | None:
         """Decide whether this request is mirrored; count the reason when not."""
         name = route.name
         outcome = None
+        sampler = route.sampler
         if not route.may_mirror(method):
             outcome = ShadowOutcome.SKIPPED_UNSAFE
-        elif route.sampler is not None and not route.sampler.sampled(upstream_headers, query):
+        elif sampler is not None and not sampler.sampled(upstream_headers, query, client_ip):
             outcome = ShadowOutcome.SKIPPED_SAMPLE
+        elif runtime is not None and runtime.agent_open(time.monotonic()):
+            outcome = ShadowOutcome.SKIPPED_BREAKER
         elif content_length is not None and content_length > self.capture_limit:
             outcome = ShadowOutcome.SKIPPED_SIZE
         elif self.in_flight >= self.settings.max_in_flight:
@@ -141,6 +159,7 @@ class Shadow:
             traceparent=upstream_headers.get("traceparent"),
             body=loop.create_future(),
             live=loop.create_future(),
+            runtime=runtime,
         )
         self.in_flight += 1
         self._metrics.shadow_in_flight.set(self.in_flight)
@@ -174,20 +193,16 @@ class Shadow:
                 live = await job.live
         except TimeoutError:
             live = Observation(LEGACY, error=f"still running after {self._live_wait:g}s")
-        result = await self._compare(job.route, live, agent)
-        self._metrics.comparison(name, result)
+        runtime = job.runtime
+        if runtime is not None and live.error is None:
+            runtime.window.legacy_call(live.latency, time.monotonic())
+        exchange = Exchange(
+            name, job.request_id, job.traceparent, job.method, job.raw_path, served_by=LEGACY
+        )
+        window = runtime.window if runtime is not None else None
+        await self._evidence.record(exchange, job.route.comparators, live, agent, window)
         if _over_capture(live) or _over_capture(agent):
             self._metrics.shadow(name, ShadowOutcome.SKIPPED_SIZE)
-        if result.verdict is Verdict.MISMATCH:
-            self._log_mismatch(job, live, agent, result)
-        elif result.verdict in (Verdict.ERROR, Verdict.SKIPPED):
-            log.info(
-                f"comparison_{result.verdict.value}",
-                route=name,
-                request_id=job.request_id,
-                trace_id=trace_id(job.traceparent),
-                reason=result.reason,
-            )
 
     async def _call_agent(self, job: ShadowJob, body: bytes) -> Observation:
         name = job.route.name
@@ -218,56 +233,6 @@ class Shadow:
         self._metrics.upstream(name, AGENT, Mode.SHADOW, latency)
         self._metrics.shadow(name, ShadowOutcome.COMPLETED)
         return observation
-
-    async def _compare(
-        self, route: CompiledRoute, live: Observation, agent: Observation
-    ) -> Comparison:
-        if live.error is not None:
-            return Comparison.skipped(f"legacy failed: {live.error}")
-        if agent.error is not None:
-            return Comparison.error(f"agent failed: {agent.error}")
-        if agent.status >= 500 > live.status:  # the agent failed; that is not disagreement
-            return Comparison.error(f"agent answered {agent.status}")
-        if live.body is None:
-            return Comparison.skipped("legacy body exceeds the capture limit")
-        if agent.body is None:
-            return Comparison.skipped("agent body exceeds the capture limit")
-        legacy_sample, agent_sample = live.sample(), agent.sample()
-        if len(live.body) + len(agent.body) <= _INLINE_COMPARE_BYTES:
-            return compare(route.comparators, legacy_sample, agent_sample)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            None, compare, route.comparators, legacy_sample, agent_sample
-        )
-
-    def _log_mismatch(
-        self, job: ShadowJob, live: Observation, agent: Observation, result: Comparison
-    ) -> None:
-        cap, chars = self._logging.max_differences, self._logging.max_value_chars
-        differences = [
-            {
-                "path": d.path,
-                "kind": d.kind.value,
-                "legacy": truncate(d.legacy, chars),
-                "agent": truncate(d.agent, chars),
-            }
-            for d in result.differences[:cap]
-        ]
-        log.info(
-            "mismatch",
-            route=job.route.name,
-            request_id=job.request_id,
-            trace_id=trace_id(job.traceparent),
-            method=job.method,
-            path=truncate(job.raw_path, chars),
-            legacy_ms=round(live.latency * 1000, 2),
-            agent_ms=round(agent.latency * 1000, 2),
-            legacy_status=live.status,
-            agent_status=agent.status,
-            score=round(result.score, 4),
-            differences=differences,
-            differences_omitted=max(0, len(result.differences) - cap),
-        )
 
 
 def _over_capture(observation: Observation) -> bool:

@@ -30,6 +30,7 @@ class ShadowOutcome(StrEnum):
     SKIPPED_UNSAFE = "skipped_unsafe"
     SKIPPED_SIZE = "skipped_size"
     SKIPPED_SAMPLE = "skipped_sample"
+    SKIPPED_BREAKER = "skipped_breaker"  # the agent's circuit is open: no calls, no cost
     CANCELLED = "cancelled"
 
 

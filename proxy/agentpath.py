@@ -1,0 +1,321 @@
+"""The agent path: the agent answers a live request, legacy is the safety net.
+
+Buffered (the default with fallback on): the agent's answer is read whole
+(bounded) and checked before the first byte goes out, so even a failure
+mid-body falls back cleanly. Streamed: the first byte commits; fallback only
+before it. On side-effect-free routes legacy is called alongside: its answer
+is the evidence the rollout needs and makes fallback instant. On other routes
+only the agent is called, and legacy answers instead only when the agent
+never received the request (it may have acted on it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from time import perf_counter
+
+import aiohttp
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict
+
+from proxy.capture import BodyCapture
+from proxy.evidence import Evidence, Exchange
+from proxy.fallback import FallbackReason, check, classify_failure
+from proxy.headers import REQUEST_ID, to_client
+from proxy.metrics import Metrics
+from proxy.replies import error_response, failure_response
+from proxy.retry import Retry, classify, next_delay, retry_after
+from proxy.routes import CompiledRoute
+from proxy.routing import RouteRuntime
+from proxy.tasks import TaskSet
+from proxy.types import AGENT, LEGACY, Mode, Observation
+from proxy.upstream import Upstream
+
+log = structlog.get_logger("proxy.agent")
+
+SERVED_BY = "X-Served-By"
+FALLBACK_REASON = "X-Fallback-Reason"
+
+# Forwards to legacy through the live path: (body, extra response headers).
+LegacyForward = Callable[[bytes, CIMultiDict[str]], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A buffered answer: what the comparison sees and what a client would get."""
+
+    observation: Observation
+    headers: CIMultiDict[str]
+    error_kind: str | None = None  # connect | timeout | disconnect | invalid_response
+
+
+def _respond(answer: Answer, served_by: str, reason: str | None = None) -> web.Response:
+    obs = answer.observation
+    headers = to_client(answer.headers)
+    headers.popall("Content-Length", None)
+    headers[SERVED_BY] = served_by
+    if reason is not None:
+        headers[FALLBACK_REASON] = reason
+    return web.Response(status=obs.status, body=obs.body or b"", headers=headers)
+
+
+class AgentPath:
+    def __init__(
+        self,
+        agent: Upstream,
+        legacy: Upstream,
+        evidence: Evidence,
+        metrics: Metrics,
+        tasks: TaskSet,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.agent = agent
+        self.legacy = legacy
+        self._evidence = evidence
+        self._metrics = metrics
+        self._tasks = tasks
+        self._rng = rng or random.Random()
+
+    async def serve(
+        self,
+        request: web.Request,
+        route: CompiledRoute,
+        rt: RouteRuntime,
+        headers: CIMultiDict[str],
+        body: bytes,
+        forward_legacy: LegacyForward,
+        forced: bool,
+    ) -> web.StreamResponse:
+        now = time.monotonic()
+        if not forced and not rt.agent_allowed(now):
+            return await self._fall_back(
+                route, rt, FallbackReason.BREAKER_OPEN, "circuit open", body, forward_legacy
+            )
+        safe = route.may_mirror(request.method)
+        headers.setdefault(REQUEST_ID, f"{random.getrandbits(64):016x}")
+        legacy_call = None
+        if safe and not rt.autonomous:
+            legacy_call = self._tasks.spawn(
+                self._buffered(self.legacy, route, request, headers, body, route.capture_limit)
+            )
+        if rt.streamed:
+            return await self._streamed(
+                request, route, rt, headers, body, legacy_call, forward_legacy
+            )
+        answer = await self._call_agent(route, rt, request, headers, body, safe)
+        obs = answer.observation
+        rt.agent_result(obs.error is None and obs.status < 500, obs.latency, time.monotonic())
+        verdict = self._verdict(rt, answer)
+        if verdict is None or not rt.fallback_enabled or rt.autonomous:
+            rt.window.served(False, now)
+            self._metrics.request(route.name, AGENT, obs.status or 502)
+            self._later(route, rt, request, headers, legacy_call, answer, AGENT)
+            if obs.error is not None:
+                return error_response(502, "bad_gateway", obs.error, AGENT)
+            return _respond(answer, AGENT)
+        reason, detail = verdict
+        if legacy_call is not None:
+            self._later(route, rt, request, headers, legacy_call, answer, LEGACY)
+        if not safe and answer.error_kind not in (None, "connect") and obs.error is None:
+            # The agent received a request that is not side-effect free; calling
+            # legacy too could do the same thing twice. Its answer stands.
+            log.warning("fallback_unsafe", route=route.name, reason=reason.value, detail=detail)
+            rt.window.served(False, now)
+            return _respond(answer, AGENT)
+        return await self._fall_back(route, rt, reason, detail, body, forward_legacy, legacy_call)
+
+    def _verdict(self, rt: RouteRuntime, answer: Answer) -> tuple[FallbackReason, str] | None:
+        obs = answer.observation
+        if obs.error is not None:
+            kind = answer.error_kind or "error"
+            return (classify_failure(kind), obs.error) if rt.fallback.on_error else None
+        return check(obs.status, obs.headers, obs.body, rt.fallback)
+
+    async def _fall_back(
+        self,
+        route: CompiledRoute,
+        rt: RouteRuntime,
+        reason: FallbackReason,
+        detail: str,
+        body: bytes,
+        forward_legacy: LegacyForward,
+        legacy_call: asyncio.Task[Answer] | None = None,
+    ) -> web.StreamResponse:
+        rt.window.served(True, time.monotonic())
+        self._metrics.fallback(route.name, reason.value)
+        log.info("fallback", route=route.name, reason=reason.value, detail=detail)
+        if legacy_call is not None:
+            answer = await asyncio.shield(legacy_call)
+            obs = answer.observation
+            if obs.error is None and obs.body is not None:
+                self._metrics.request(route.name, LEGACY, obs.status)
+                return _respond(answer, LEGACY, reason.value)
+        extra = CIMultiDict({SERVED_BY: LEGACY, FALLBACK_REASON: reason.value})
+        return await forward_legacy(body, extra)
+
+    async def _call_agent(
+        self,
+        route: CompiledRoute,
+        rt: RouteRuntime,
+        request: web.Request,
+        headers: CIMultiDict[str],
+        body: bytes,
+        safe: bool,
+    ) -> Answer:
+        """The agent's buffered answer, retried on transient failures within the deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.agent.config.timeout
+        attempt = 1
+        while True:
+            answer = await self._buffered(
+                self.agent, route, request, headers, body, rt.max_buffer, deadline - loop.time()
+            )
+            obs = answer.observation
+            kind = answer.error_kind
+            verdict = classify(None if kind else obs.status, kind)
+            wait = retry_after(answer.headers.get("Retry-After"), time.time()) if not kind else None
+            delay = next_delay(
+                attempt,
+                rt.retry,
+                verdict,
+                wait,
+                deadline - loop.time(),
+                sent_body=kind != "connect",
+                side_effect_free=safe,
+                rng=self._rng,
+            )
+            if delay is None or verdict is not Retry.TRANSIENT:
+                return answer
+            self._metrics.retry(route.name)
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def _buffered(
+        self,
+        upstream: Upstream,
+        route: CompiledRoute,
+        request: web.Request,
+        headers: CIMultiDict[str],
+        body: bytes,
+        limit: int,
+        budget: float | None = None,
+    ) -> Answer:
+        """One exchange, read whole up to ``limit`` (body None past it); errors are data."""
+        mode = Mode.LIVE
+        timeout = upstream.timeout(budget) if budget is not None else upstream.default_timeout
+        start = perf_counter()
+        try:
+            async with upstream.request(
+                request.method, request.raw_path, headers, body or None, timeout=timeout
+            ) as response:
+                capture = BodyCapture(limit)
+                async for chunk in response.content.iter_any():
+                    if not capture.feed(chunk):
+                        break
+                latency = perf_counter() - start
+                self._metrics.upstream(route.name, upstream.name, mode, latency)
+                lowered = {k.lower(): v for k, v in response.headers.items()}
+                obs = Observation(upstream.name, response.status, lowered, capture.value(), latency)
+                return Answer(obs, CIMultiDict(response.headers))
+        except Exception as exc:  # every failure is data here
+            failure = upstream.failure(exc, timeout)
+            self._metrics.upstream_error(route.name, upstream.name, mode, failure.kind)
+            obs = Observation(upstream.name, latency=perf_counter() - start, error=failure.reason)
+            return Answer(obs, CIMultiDict(), failure.kind)
+
+    async def _streamed(
+        self,
+        request: web.Request,
+        route: CompiledRoute,
+        rt: RouteRuntime,
+        headers: CIMultiDict[str],
+        body: bytes,
+        legacy_call: asyncio.Task[Answer] | None,
+        forward_legacy: LegacyForward,
+    ) -> web.StreamResponse:
+        """The first byte commits: fallback only on an error or a status before it."""
+        start = perf_counter()
+        policy = rt.fallback
+        response: web.StreamResponse | None = None
+        try:
+            async with self.agent.request(
+                request.method, request.raw_path, headers, body or None
+            ) as up:
+                status_bad = (up.status >= 500 and policy.on_5xx) or up.status in policy.statuses
+                if status_bad and rt.fallback_enabled:
+                    rt.agent_result(up.status < 500, None, time.monotonic())
+                    detail = f"agent answered {up.status}"
+                    return await self._fall_back(
+                        route, rt, FallbackReason.STATUS, detail, body, forward_legacy, legacy_call
+                    )
+                head = web.StreamResponse(status=up.status, reason=up.reason)
+                head.headers.extend(to_client(up.headers))
+                head.headers[SERVED_BY] = AGENT
+                await head.prepare(request)
+                response = head  # committed: no fallback from here on
+                self._metrics.request(route.name, AGENT, up.status)
+                rt.window.served(False, time.monotonic())
+                copy = BodyCapture(route.capture_limit)
+                async for chunk in up.content.iter_any():
+                    copy.feed(chunk)
+                    await response.write(chunk)
+                await response.write_eof()
+                latency = perf_counter() - start
+                rt.agent_result(up.status < 500, latency, time.monotonic())
+                lowered = {k.lower(): v for k, v in up.headers.items()}
+                obs = Observation(AGENT, up.status, lowered, copy.value(), latency)
+                answer = Answer(obs, CIMultiDict(up.headers))
+                self._later(route, rt, request, headers, legacy_call, answer, AGENT)
+                return response
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            failure = self.agent.failure(exc)
+            self._metrics.upstream_error(route.name, AGENT, Mode.LIVE, failure.kind)
+            rt.agent_result(False, None, time.monotonic())
+            if response is not None:  # mid-body: the client must see a cut, not a short answer
+                log.warning("agent_failed_mid_body", route=route.name, detail=failure.detail)
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+            if not rt.fallback_enabled:
+                return failure_response(failure, AGENT)
+            reason = classify_failure(failure.kind)
+            return await self._fall_back(
+                route, rt, reason, failure.reason, body, forward_legacy, legacy_call
+            )
+
+    def _later(
+        self,
+        route: CompiledRoute,
+        rt: RouteRuntime,
+        request: web.Request,
+        headers: CIMultiDict[str],
+        legacy_call: asyncio.Task[Answer] | None,
+        agent: Answer,
+        served_by: str,
+    ) -> None:
+        """Compare with legacy's parallel answer off the client's clock."""
+        if legacy_call is None:
+            return
+        exchange = Exchange(
+            route.name,
+            headers.get(REQUEST_ID, ""),
+            headers.get("traceparent"),
+            request.method,
+            request.raw_path,
+            served_by,
+        )
+
+        async def judge() -> None:
+            legacy = (await legacy_call).observation
+            if legacy.error is None:
+                rt.window.legacy_call(legacy.latency, time.monotonic())
+            await self._evidence.record(
+                exchange, route.comparators, legacy, agent.observation, rt.window
+            )
+
+        self._tasks.spawn(judge(), name=f"evidence:{route.name}")

@@ -1,0 +1,50 @@
+"""The rollout state file: where each route's stage and share survive a restart.
+
+Written atomically (a temporary file in the same directory, fsync, rename), so
+a crash mid-write leaves the previous state, never half of one. Each route
+also records the config's ``percent`` it was started from: if the config file
+says something else at the next start, someone edited it, and that edit wins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+VERSION = 1
+
+
+def load(path: Path) -> dict[str, dict[str, Any]]:
+    """Route name -> saved entry; an absent file is an empty state."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    data = orjson.loads(raw)
+    if not isinstance(data, dict) or data.get("version") != VERSION:
+        raise ValueError(f"{path}: not a version {VERSION} shadow-proxy state file")
+    routes = data.get("routes")
+    if not isinstance(routes, dict):
+        raise ValueError(f"{path}: 'routes' must be an object")
+    return routes
+
+
+def save(path: Path, routes: dict[str, dict[str, Any]]) -> None:
+    payload = orjson.dumps({"version": VERSION, "routes": routes}, option=orjson.OPT_INDENT_2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

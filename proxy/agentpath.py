@@ -23,6 +23,7 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
+from proxy.breaker import BreakerState
 from proxy.capture import BodyCapture
 from proxy.evidence import Evidence, Exchange
 from proxy.fallback import FallbackReason, check, classify_failure
@@ -64,6 +65,16 @@ def _respond(answer: Answer, served_by: str, reason: str | None = None) -> web.R
     return web.Response(status=obs.status, body=obs.body or b"", headers=headers)
 
 
+def _abandoned_probe(rt: RouteRuntime, now: float) -> None:
+    """A half-open breaker waits for its probes' results; one whose client left
+    would keep it waiting (and legacy serving) forever. It proved nothing, so it
+    counts as failed: the cooldown restarts and new probes follow. Closed, the
+    breaker is not told: a client leaving says nothing about the agent."""
+    breaker = rt.breaker
+    if breaker is not None and breaker.state(now) is BreakerState.HALF_OPEN:
+        breaker.record(False, now)
+
+
 class AgentPath:
     def __init__(
         self,
@@ -103,14 +114,24 @@ class AgentPath:
             legacy_call = self._tasks.spawn(
                 self._buffered(self.legacy, route, request, headers, body, route.capture_limit)
             )
-        if rt.streamed:
-            return await self._streamed(
-                request, route, rt, headers, body, legacy_call, forward_legacy
-            )
-        answer = await self._call_agent(route, rt, request, headers, body, safe)
+        try:
+            if rt.streamed:
+                return await self._streamed(
+                    request, route, rt, headers, body, legacy_call, forward_legacy, safe
+                )
+            answer = await self._call_agent(route, rt, request, headers, body, safe)
+        except asyncio.CancelledError:  # the client left while the agent was working
+            _abandoned_probe(rt, time.monotonic())
+            raise
         obs = answer.observation
         rt.agent_result(obs.error is None and obs.status < 500, obs.latency, time.monotonic())
         verdict = self._verdict(rt, answer)
+        if verdict is not None and not safe and answer.error_kind != "connect":
+            # The agent received a request that is not side-effect free; calling
+            # legacy too could do the same thing twice. Its answer stands.
+            reason, detail = verdict
+            log.warning("fallback_unsafe", route=route.name, reason=reason.value, detail=detail)
+            verdict = None
         if verdict is None or not rt.fallback_enabled or rt.autonomous:
             rt.window.served(False, now)
             self._metrics.request(route.name, AGENT, obs.status or 502)
@@ -121,12 +142,6 @@ class AgentPath:
         reason, detail = verdict
         if legacy_call is not None:
             self._later(route, rt, request, headers, legacy_call, answer, LEGACY)
-        if not safe and answer.error_kind not in (None, "connect") and obs.error is None:
-            # The agent received a request that is not side-effect free; calling
-            # legacy too could do the same thing twice. Its answer stands.
-            log.warning("fallback_unsafe", route=route.name, reason=reason.value, detail=detail)
-            rt.window.served(False, now)
-            return _respond(answer, AGENT)
         return await self._fall_back(route, rt, reason, detail, body, forward_legacy, legacy_call)
 
     def _verdict(self, rt: RouteRuntime, answer: Answer) -> tuple[FallbackReason, str] | None:
@@ -237,8 +252,10 @@ class AgentPath:
         body: bytes,
         legacy_call: asyncio.Task[Answer] | None,
         forward_legacy: LegacyForward,
+        safe: bool,
     ) -> web.StreamResponse:
-        """The first byte commits: fallback only on an error or a status before it."""
+        """The first byte commits: fallback only on an error or a status before it,
+        and on a route with side effects only when the agent never got the request."""
         start = perf_counter()
         policy = rt.fallback
         response: web.StreamResponse | None = None
@@ -247,7 +264,7 @@ class AgentPath:
                 request.method, request.raw_path, headers, body or None
             ) as up:
                 status_bad = (up.status >= 500 and policy.on_5xx) or up.status in policy.statuses
-                if status_bad and rt.fallback_enabled:
+                if status_bad and rt.fallback_enabled and safe:
                     rt.agent_result(up.status < 500, None, time.monotonic())
                     detail = f"agent answered {up.status}"
                     return await self._fall_back(
@@ -281,7 +298,8 @@ class AgentPath:
                 if request.transport is not None:
                     request.transport.close()
                 return response
-            if not rt.fallback_enabled:
+            received = failure.kind != "connect"  # the agent may have acted on it
+            if not rt.fallback_enabled or not policy.on_error or (received and not safe):
                 return failure_response(failure, AGENT)
             reason = classify_failure(failure.kind)
             return await self._fall_back(

@@ -18,13 +18,14 @@ from typing import Any
 
 import yaml
 
-from proxy import logs
+from proxy import adminclient, logs
 from proxy.errors import ConfigError
 from proxy.server import serve
 from proxy.settings import Settings, load_settings
 
 EXIT_CONFIG = 2
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
+DEMO_ROLLOUT_CONFIG = DEMO_CONFIG.with_name("demo-rollout.yaml")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,8 +43,33 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="print the config file's JSON Schema")
 
+    admin = argparse.ArgumentParser(add_help=False)
+    admin.add_argument("--admin", default=adminclient.DEFAULT_URL, metavar="URL",
+                       help=f"admin API (default {adminclient.DEFAULT_URL})")  # fmt: skip
+    admin.add_argument("--token-file", metavar="FILE",
+                       help=f"bearer token file (default: ${adminclient.TOKEN_ENV})")  # fmt: skip
+    sub.add_parser("status", parents=[admin], help="show every route's rollout")
+    for name, text in (
+        ("promote", "move a route to its next step now"),
+        ("rollback", "send a route back to shadow (0%%)"),
+        ("pause", "freeze a route's share"),
+        ("resume", "resume a paused or rolled-back route"),
+        ("approve", "approve the step a route is waiting for"),
+    ):
+        cmd = sub.add_parser(name, parents=[admin], help=text)
+        cmd.add_argument("route")
+    share = sub.add_parser("set-share", parents=[admin], help="set a route's agent share")
+    share.add_argument("route")
+    share.add_argument("percent", type=float)
+
     demo = sub.add_parser("demo", help="legacy + agent + proxy + traffic, with a live summary")
-    demo.add_argument("--config", type=Path, default=DEMO_CONFIG, metavar="FILE")
+    demo.add_argument("--config", type=Path, default=None, metavar="FILE")
+    demo.add_argument(
+        "--scenario",
+        choices=("good", "bad", "flaky"),
+        help="the agent takes live traffic: good climbs to 100%%, bad is rolled back,"
+        " flaky shows fallbacks and the breaker",
+    )
     demo.add_argument("--duration", type=float, default=None, help="seconds (default: until ^C)")
     demo.add_argument("--rate", type=float, default=None, help="requests per second")
     demo.add_argument("--interval", type=float, default=None, help="seconds between summaries")
@@ -114,6 +140,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from proxy.demo.runner import DemoOptions, run_demo
 
+    if args.config is None:
+        args.config = DEMO_ROLLOUT_CONFIG if args.scenario else DEMO_CONFIG
     if not args.config.exists():
         print(f"error: demo config {args.config} not found; pass --config FILE", file=sys.stderr)
         return EXIT_CONFIG
@@ -128,11 +156,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_admin(args: argparse.Namespace) -> int:
+    try:
+        token = adminclient.token_from(args.token_file)
+    except OSError as exc:
+        print(f"error: cannot read {args.token_file}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    route = getattr(args, "route", None)
+    percent = getattr(args, "percent", None)
+    return adminclient.run(args.command, route, percent, args.admin, token)
+
+
 COMMANDS = {
     "run": cmd_run,
     "check-config": cmd_check_config,
     "schema": cmd_schema,
     "demo": cmd_demo,
+    **{
+        name: cmd_admin
+        for name in ("status", "promote", "rollback", "pause", "resume", "approve", "set-share")
+    },
 }
 
 

@@ -102,7 +102,8 @@ class Controller:
                 log.warning("rollout_gate_failed", route=rt.name, reason=decision.reason)
             return new != old
         self._metrics.transition(rt.name, old.stage, new.stage, decision.action)
-        log.info(
+        emit = log.warning if decision.action in ("rollback", "pause") else log.info
+        emit(
             "rollout_transition",
             route=rt.name,
             by=by,
@@ -128,7 +129,6 @@ class Controller:
                 route=rt.name,
                 from_state=before.value,
                 to_state=state.value,
-                failure_ratio=rt.breaker.failure_ratio(now),
             )
 
     def save(self) -> None:

@@ -74,7 +74,7 @@ def _initial_state(
         state = RolloutState.from_dict(saved["state"])
         return replace(state, since=now), "state file"  # evidence restarts with the process
     state, _ = apply(RolloutState(since=now), Command.SET, policy, now, configured)
-    return state, "config"
+    return replace(state, reason=f"started at {configured:g}% from the config"), "config"
 
 
 def build_runtime(
@@ -92,6 +92,7 @@ def build_runtime(
         state = previous.state
         if previous.config_percent != configured:  # the config's share was edited: it wins
             state, _ = apply(state, Command.SET, policy, now, configured)
+            state = replace(state, reason=f"set to {configured:g}% by a config change")
     else:
         state, _ = _initial_state(route, policy, saved, now)
     span = rollout.window if rollout is not None else 300.0

@@ -229,9 +229,14 @@ class Shadow:
             self._metrics.upstream_error(name, AGENT, Mode.SHADOW, failure.kind)
             self._metrics.shadow(name, ShadowOutcome.TIMEOUT if timed_out else ShadowOutcome.ERROR)
             log.info("shadow_failed", route=name, request_id=job.request_id, detail=failure.detail)
+            if job.runtime is not None:  # the breaker and the error-rate gate count it
+                job.runtime.agent_result(False, None, time.monotonic())
             return Observation(AGENT, latency=perf_counter() - start, error=failure.reason)
         self._metrics.upstream(name, AGENT, Mode.SHADOW, latency)
         self._metrics.shadow(name, ShadowOutcome.COMPLETED)
+        if job.runtime is not None:
+            ok = observation.status < 500
+            job.runtime.agent_result(ok, latency if ok else None, time.monotonic())
         return observation
 
 

@@ -93,4 +93,6 @@ _LAZY_FAMILIES = (
     "shadow_proxy_comparison_score",
     "shadow_proxy_agreement_ratio",
     "shadow_proxy_mismatch_fields_total",
+    "shadow_proxy_fallbacks_total",
+    "shadow_proxy_retries_total",
 )

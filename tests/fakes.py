@@ -23,14 +23,29 @@ class Seen:
 
 
 @dataclass
+class Reply:
+    """One scripted answer on the default path; a None field takes the Fake's knob."""
+
+    status: int | None = None
+    body: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float | None = None
+    cut: bool = False  # promise more than the body, send the body, then drop the connection
+    drop: bool = False  # read the request, then close the connection without a word
+
+
+@dataclass
 class Fake:
-    """Knobs apply to every path without a special meaning below."""
+    """Knobs apply to every path without a special meaning below. ``script`` is
+    consumed one reply per request on the default path; once it is empty the
+    plain knobs answer again."""
 
     name: str
     status: int = 200
     body: bytes = b'{"ok": true}'
     content_type: str = "application/json"
     delay: float = 0.0
+    script: list[Reply] = field(default_factory=list)
     seen: list[Seen] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     url: str = ""
@@ -66,9 +81,32 @@ class Fake:
 
     async def _default(self, request: web.Request) -> web.StreamResponse:
         await self._record(request)
+        if self.script:
+            return await self._scripted(request, self.script.pop(0))
         if self.delay:
             await asyncio.sleep(self.delay)
         return web.Response(status=self.status, body=self.body, content_type=self.content_type)
+
+    async def _scripted(self, request: web.Request, reply: Reply) -> web.StreamResponse:
+        delay = self.delay if reply.delay is None else reply.delay
+        if delay:
+            await asyncio.sleep(delay)
+        status = self.status if reply.status is None else reply.status
+        body = self.body if reply.body is None else reply.body
+        headers = {"Content-Type": self.content_type, **reply.headers}
+        if reply.drop:
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()  # never sent: the connection is gone
+        if not reply.cut:
+            return web.Response(status=status, body=body, headers=headers)
+        headers["Content-Length"] = str(len(body) + 1024)
+        response = web.StreamResponse(status=status, headers=headers)
+        await response.prepare(request)
+        await response.write(body)
+        assert request.transport is not None
+        request.transport.close()
+        return response
 
     async def _echo(self, request: web.Request) -> web.StreamResponse:
         seen = await self._record(request)

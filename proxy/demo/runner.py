@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 from aiohttp import web
 
+from proxy.demo.rollout_view import render_rollout
 from proxy.demo.services import agent_app, legacy_app
 from proxy.demo.summary import Snapshot, render, snapshot
 from proxy.demo.traffic import TrafficStats, generate
@@ -32,6 +33,7 @@ class DemoOptions:
     port: int | None = None
     admin_port: int | None = None
     seed: int = 7
+    scenario: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DemoOptions:
@@ -42,6 +44,7 @@ class DemoOptions:
             interval=args.interval or defaults.interval,
             port=args.port,
             admin_port=args.admin_port,
+            scenario=args.scenario,
         )
 
 
@@ -66,11 +69,39 @@ def demo_settings(settings: Settings, options: DemoOptions, legacy: str, agent: 
             }
         ),
     }
+    if options.scenario == "flaky":  # serve live traffic from the start, so fallbacks show
+        update["routes"] = tuple(
+            r.model_copy(update={"rollout": r.rollout.model_copy(update=FLAKY_SHARE)})
+            if r.rollout is not None
+            else r
+            for r in settings.routes
+        )
     if options.port is not None:
         update["listen"] = settings.listen.model_copy(update={"port": options.port})
     if options.admin_port is not None:
         update["admin"] = settings.admin.model_copy(update={"port": options.admin_port})
     return settings.model_copy(update=update)
+
+
+# How the demo agent behaves in each --scenario.
+SCENARIOS: dict[str, dict[str, float]] = {
+    "good": {"error_rate": 0.002, "wrong_label_rate": 0.004},  # climbs to 100%
+    "bad": {"error_rate": 0.01, "wrong_label_rate": 0.3},  # rolled back on agreement
+    "flaky": {"error_rate": 0.45, "wrong_label_rate": 0.02},  # fallbacks, the breaker
+}
+
+
+# flaky: a manual 50% share, so fallbacks and the breaker act on live traffic.
+FLAKY_SHARE = {"mode": "manual", "percent": 50.0}
+
+
+def _rollout(server: ProxyServer) -> str:
+    """Stage, share, gates and fallbacks per route, plus why it is where it is."""
+    lines = [render_rollout(server.metrics.registry)]
+    for name, rt in sorted(server.core.routing.runtimes.items()):
+        if rt.policy is not None:
+            lines.append(f"  why        {name}: {rt.state.reason}")
+    return "\n".join(line for line in lines if line)
 
 
 def _banner(server: ProxyServer, options: DemoOptions, out: TextIO) -> None:
@@ -90,7 +121,8 @@ async def run_demo(
     settings: Settings, options: DemoOptions, stop: asyncio.Event, out: TextIO = sys.stdout
 ) -> None:
     legacy_runner, legacy_url = await _start(legacy_app(options.seed))
-    agent_runner, agent_url = await _start(agent_app(options.seed + 1))
+    behaviour = SCENARIOS.get(options.scenario or "", {})
+    agent_runner, agent_url = await _start(agent_app(options.seed + 1, **behaviour))
     server = ProxyServer(demo_settings(settings, options, legacy_url, agent_url))
     try:
         await server.start()
@@ -123,7 +155,8 @@ async def run_demo(
             if deadline is not None and now >= deadline:
                 break
             current = snapshot(server.metrics.registry)
-            print(render(current, before, now - last, stats) + "\n", file=out, flush=True)
+            print(render(current, before, now - last, stats), file=out)
+            print(_rollout(server) + "\n", file=out, flush=True)
             before, last = current, now
     finally:
         traffic_stop.set()
@@ -133,4 +166,5 @@ async def run_demo(
         await legacy_runner.cleanup()
         total = snapshot(server.metrics.registry)
         print("final totals:", file=out)
-        print(render(total, None, time.monotonic() - started, stats), file=out, flush=True)
+        print(render(total, None, time.monotonic() - started, stats), file=out)
+        print(_rollout(server), file=out, flush=True)

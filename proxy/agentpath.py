@@ -29,12 +29,12 @@ from proxy.evidence import Evidence, Exchange
 from proxy.fallback import FallbackReason, check, classify_failure
 from proxy.headers import REQUEST_ID, to_client
 from proxy.metrics import Metrics
-from proxy.replies import error_response, failure_response
+from proxy.replies import failure_response
 from proxy.retry import Retry, classify, next_delay, retry_after
 from proxy.routes import CompiledRoute
 from proxy.routing import RouteRuntime
 from proxy.tasks import TaskSet
-from proxy.types import AGENT, LEGACY, Mode, Observation
+from proxy.types import AGENT, LEGACY, Failure, Mode, Observation
 from proxy.upstream import Upstream
 
 log = structlog.get_logger("proxy.agent")
@@ -134,10 +134,12 @@ class AgentPath:
             verdict = None
         if verdict is None or not rt.fallback_enabled or rt.autonomous:
             rt.window.served(False, now)
-            self._metrics.request(route.name, AGENT, obs.status or 502)
+            failed = 504 if answer.error_kind == "timeout" else 502  # as the live path says
+            self._metrics.request(route.name, AGENT, obs.status or failed)
             self._later(route, rt, request, headers, legacy_call, answer, AGENT)
             if obs.error is not None:
-                return error_response(502, "bad_gateway", obs.error, AGENT)
+                kind = answer.error_kind or "disconnect"
+                return failure_response(Failure(kind, failed, obs.error), AGENT)
             return _respond(answer, AGENT)
         reason, detail = verdict
         if legacy_call is not None:

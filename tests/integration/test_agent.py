@@ -84,6 +84,7 @@ async def assert_fell_back(proxy: Proxy, reason: str, path: str = "/api/x") -> N
     assert response.headers["X-Served-By"] == "legacy"
     assert response.headers["X-Fallback-Reason"] == reason
     assert fallbacks(proxy, reason) == 1
+    assert (served(proxy, "legacy"), served(proxy, "agent")) == (1, 0)
 
 
 # -- live routing ---------------------------------------------------------------
@@ -167,6 +168,7 @@ async def test_agent_5xx_falls_back_with_reason_status(
     proxy = await make_proxy(**config(legacy, agent))
     await assert_fell_back(proxy, "status")
     await settle(proxy)
+    assert len(legacy.seen) == 1  # the parallel call's answer was served: no second call
 
 
 async def test_a_configured_status_falls_back(
@@ -235,6 +237,43 @@ async def test_with_fallback_disabled_the_agents_5xx_reaches_the_client(
     await settle(proxy)
 
 
+@pytest.mark.parametrize("mode", ["buffered", "streamed"])
+async def test_with_on_error_off_an_unreachable_agent_is_a_502_not_a_fallback(
+    make_proxy: ProxyFactory, legacy: Fake, mode: str
+) -> None:
+    fallback = {"on_error": False, "mode": mode}
+    proxy = await make_proxy(**config(legacy, dead_url(), fallback=fallback))
+    response, body = await get(proxy)
+    assert response.status == 502
+    assert orjson.loads(body)["backend"] == "agent"
+    assert fallbacks(proxy, "error") == 0
+    await settle(proxy)
+
+
+@pytest.mark.parametrize("mode", ["buffered", "streamed"])
+async def test_with_on_error_off_a_slow_agent_is_a_504_not_a_fallback(
+    make_proxy: ProxyFactory, legacy: Fake, agent: Fake, mode: str
+) -> None:
+    agent.script = [Reply(delay=0.5)]
+    fallback = {"on_error": False, "mode": mode}
+    proxy = await make_proxy(**config(legacy, agent, agent_timeout="150ms", fallback=fallback))
+    response, body = await get(proxy)
+    assert response.status == 504  # as for legacy: a timeout is a gateway timeout
+    answer = orjson.loads(body)
+    assert (answer["error"], answer["backend"]) == ("gateway_timeout", "agent")
+    assert answer["reason"].startswith("agent: no complete answer within")
+    assert fallbacks(proxy, "timeout") == 0
+    await settle(proxy)
+
+
+async def test_an_answer_larger_than_the_buffer_falls_back(
+    make_proxy: ProxyFactory, legacy: Fake, agent: Fake
+) -> None:
+    proxy = await make_proxy(**config(legacy, agent, fallback={"max_buffer": 16}))
+    await assert_fell_back(proxy, "too_large")
+    await settle(proxy)
+
+
 # -- serving modes ------------------------------------------------------------------
 
 
@@ -254,6 +293,16 @@ async def test_streamed_503_before_the_first_byte_falls_back(
     agent.status = 503
     proxy = await make_proxy(**config(legacy, agent, fallback={"mode": "streamed"}))
     await assert_fell_back(proxy, "status")
+    await settle(proxy)
+
+
+async def test_streamed_agent_slower_than_its_timeout_falls_back(
+    make_proxy: ProxyFactory, legacy: Fake, agent: Fake
+) -> None:
+    agent.script = [Reply(delay=0.5)]
+    cfg = config(legacy, agent, agent_timeout="150ms", fallback={"mode": "streamed"})
+    proxy = await make_proxy(**cfg)
+    await assert_fell_back(proxy, "timeout")
     await settle(proxy)
 
 
@@ -371,6 +420,18 @@ async def test_streamed_unsafe_route_keeps_the_agents_503_rather_than_execute_tw
     assert legacy.seen == []
 
 
+async def test_streamed_unsafe_route_keeps_the_agents_failure_when_it_dropped_the_request(
+    make_proxy: ProxyFactory, legacy: Fake, agent: Fake
+) -> None:
+    agent.script = [Reply(drop=True)]
+    proxy = await make_proxy(**config(legacy, agent, fallback={"mode": "streamed"}))
+    response, body = await get(proxy, method="POST", data=b'{"order": 1}')
+    assert response.status == 502
+    assert orjson.loads(body)["backend"] == "agent"
+    await settle(proxy)
+    assert legacy.seen == []
+
+
 # -- retries --------------------------------------------------------------------------
 
 FAST_RETRIES = {"attempts": 3, "backoff": "10ms", "max_backoff": "20ms"}
@@ -453,10 +514,19 @@ async def test_an_unsafe_post_to_an_unreachable_agent_is_retried(
 # -- the circuit breaker --------------------------------------------------------------
 
 
+async def until_circuit(proxy: Proxy, state: str, within: float = 2.0) -> None:
+    """Wait for the controller (a 0.25 s tick) to publish the breaker's state."""
+    for _ in range(int(within / 0.02)):
+        if proxy.value("shadow_proxy_circuit_state", route="api", state=state) == 1:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the circuit never showed {state} within {within}s")
+
+
 async def test_breaker_opens_on_failures_probes_after_cooldown_and_closes(
     make_proxy: ProxyFactory, legacy: Fake, agent: Fake
 ) -> None:
-    breaker = {"min_requests": 2, "failure_rate": 0.5, "cooldown": "300ms", "probes": 2}
+    breaker = {"min_requests": 2, "failure_rate": 0.5, "cooldown": "500ms", "probes": 2}
     proxy = await make_proxy(**config(legacy, agent, breaker=breaker))
     agent.status = 500
     for _ in range(2):
@@ -471,15 +541,17 @@ async def test_breaker_opens_on_failures_probes_after_cooldown_and_closes(
         assert body == LEGACY_BODY
     assert len(agent.seen) == 2
     assert fallbacks(proxy, "breaker_open") == 3
+    await until_circuit(proxy, "open")
 
     # after the cooldown, probes reach the (now healthy) agent; two good ones close it
     agent.status = 200
-    await asyncio.sleep(0.35)
+    await until_circuit(proxy, "half_open")
     for _ in range(2):
         response, body = await get(proxy)
         assert response.headers["X-Served-By"] == "agent"
         assert body == AGENT_BODY
     assert len(agent.seen) == 4
+    await until_circuit(proxy, "closed")
 
     # closed: the agent serves every request again
     for _ in range(3):
@@ -507,11 +579,12 @@ async def test_a_failed_probe_opens_the_breaker_again(
     await settle(proxy)
 
 
+@pytest.mark.parametrize("mode", ["buffered", "streamed"])
 async def test_a_probe_whose_client_gave_up_does_not_leave_the_breaker_half_open_forever(
-    make_proxy: ProxyFactory, legacy: Fake, agent: Fake
+    make_proxy: ProxyFactory, legacy: Fake, agent: Fake, mode: str
 ) -> None:
     breaker = {"min_requests": 1, "cooldown": "200ms", "probes": 1}
-    proxy = await make_proxy(**config(legacy, agent, breaker=breaker))
+    proxy = await make_proxy(**config(legacy, agent, breaker=breaker, fallback={"mode": mode}))
     agent.status = 500
     await get(proxy)  # opens it
     await asyncio.sleep(0.25)

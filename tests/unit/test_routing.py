@@ -6,6 +6,8 @@ import random
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from proxy.headers import to_client, to_shadow, to_upstream, trace_id
@@ -143,3 +145,27 @@ def test_shadow_headers_are_marked_stripped_and_extended() -> None:
 )  # fmt: skip
 def test_trace_id_comes_from_a_valid_traceparent(header: str | None, expected: str | None) -> None:
     assert trace_id(header) == expected
+
+
+@pytest.mark.parametrize("percent", [0.5, 1, 5, 25, 50, 99])
+def test_live_share_is_within_one_percent_of_target_over_100k_keys(percent: float) -> None:
+    sampler = Sampler("live:route", 0.0, StickyKey(header="u"))
+    chosen = sum(sampler.chosen(percent, {"u": f"user-{i}"}, {}) for i in range(100_000))
+    assert abs(chosen / 1000 - percent) <= 1.0
+
+
+@given(
+    steps=st.lists(st.floats(0, 100), min_size=2, max_size=6).map(sorted),
+    key=st.text(min_size=1, max_size=40),
+)
+def test_a_key_on_the_agent_stays_on_it_as_the_share_grows(steps: list[float], key: str) -> None:
+    sampler = Sampler("live:route", 0.0, StickyKey(header="u"))
+    on_agent = [sampler.chosen(p, {"u": key}, {}) for p in steps]
+    assert on_agent == sorted(on_agent)  # False...False, True...True
+
+
+def test_client_ip_can_be_the_sticky_key() -> None:
+    sampler = Sampler("live:route", 0.0, StickyKey(client_ip=True))
+    assert sampler.key({}, {}, "10.1.2.3") == "10.1.2.3"
+    decisions = {sampler.chosen(50, {}, {}, "10.1.2.3") for _ in range(20)}
+    assert len(decisions) == 1

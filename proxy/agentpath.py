@@ -23,7 +23,6 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.breaker import BreakerState
 from proxy.capture import BodyCapture
 from proxy.evidence import Evidence, Exchange
 from proxy.fallback import FallbackReason, check, classify_failure
@@ -63,16 +62,6 @@ def _respond(answer: Answer, served_by: str, reason: str | None = None) -> web.R
     if reason is not None:
         headers[FALLBACK_REASON] = reason
     return web.Response(status=obs.status, body=obs.body or b"", headers=headers)
-
-
-def _abandoned_probe(rt: RouteRuntime, now: float) -> None:
-    """A half-open breaker waits for its probes' results; one whose client left
-    would keep it waiting (and legacy serving) forever. It proved nothing, so it
-    counts as failed: the cooldown restarts and new probes follow. Closed, the
-    breaker is not told: a client leaving says nothing about the agent."""
-    breaker = rt.breaker
-    if breaker is not None and breaker.state(now) is BreakerState.HALF_OPEN:
-        breaker.record(False, now)
 
 
 class AgentPath:
@@ -121,7 +110,7 @@ class AgentPath:
                 )
             answer = await self._call_agent(route, rt, request, headers, body, safe)
         except asyncio.CancelledError:  # the client left while the agent was working
-            _abandoned_probe(rt, time.monotonic())
+            rt.agent_cancelled(time.monotonic())
             raise
         obs = answer.observation
         rt.agent_result(obs.error is None and obs.status < 500, obs.latency, time.monotonic())
@@ -240,7 +229,8 @@ class AgentPath:
                 obs = Observation(upstream.name, response.status, lowered, capture.value(), latency)
                 return Answer(obs, CIMultiDict(response.headers))
         except Exception as exc:  # every failure is data here
-            failure = upstream.failure(exc, timeout)
+            # Name the configured timeout, not what was left of it after retries.
+            failure = upstream.failure(exc, upstream.default_timeout)
             self._metrics.upstream_error(route.name, upstream.name, mode, failure.kind)
             obs = Observation(upstream.name, latency=perf_counter() - start, error=failure.reason)
             return Answer(obs, CIMultiDict(), failure.kind)

@@ -60,6 +60,15 @@ class RouteRuntime:
         self.window.agent_call(ok, latency, now)
         return self.breaker.record(ok, now) if self.breaker is not None else None
 
+    def agent_cancelled(self, now: float) -> None:
+        """A call abandoned mid-flight (its client left, or shutdown). A half-open
+        breaker waits for its probes' results and would wait forever: the call
+        proved nothing, so it counts as failed and the cooldown restarts. Closed,
+        the breaker is not told: a client leaving says nothing about the agent."""
+        breaker = self.breaker
+        if breaker is not None and breaker.state(now) is BreakerState.HALF_OPEN:
+            breaker.record(False, now)
+
     def saved(self) -> dict[str, Any]:
         return {"state": self.state.to_dict(), "config_percent": self.config_percent}
 

@@ -133,7 +133,7 @@ class Shadow:
         elif sampler is not None and not sampler.sampled(upstream_headers, query, client_ip):
             outcome = ShadowOutcome.SKIPPED_SAMPLE
         elif runtime is not None and runtime.agent_open(time.monotonic()):
-            outcome = ShadowOutcome.SKIPPED_BREAKER
+            outcome = ShadowOutcome.SKIPPED_BREAKER  # no agent calls at all while open
         elif content_length is not None and content_length > self.capture_limit:
             outcome = ShadowOutcome.SKIPPED_SIZE
         elif self.in_flight >= self.settings.max_in_flight:
@@ -186,6 +186,11 @@ class Shadow:
         if isinstance(body, ShadowOutcome):
             self._metrics.shadow(name, body)
             return
+        if job.runtime is not None and not job.runtime.agent_allowed(time.monotonic()):
+            # Checked again at dispatch: half-open, a shadow may be one of the
+            # probes (taking its slot, and always reporting back), or not go.
+            self._metrics.shadow(name, ShadowOutcome.SKIPPED_BREAKER)
+            return
         self._metrics.shadow(name, ShadowOutcome.SENT)
         agent = await self._call_agent(job, body)
         try:
@@ -223,6 +228,10 @@ class Shadow:
                     capture.value(),
                     latency,
                 )
+        except asyncio.CancelledError:
+            if job.runtime is not None:  # a probe must report back, or half-open never ends
+                job.runtime.agent_cancelled(time.monotonic())
+            raise
         except Exception as exc:  # every agent-side failure is data, never an exception
             failure = self.agent.failure(exc, self._timeout)
             timed_out = failure.kind == "timeout"

@@ -352,3 +352,19 @@ async def test_shutdown_cancels_shadow_work_after_its_grace_and_counts_it(
     assert time.monotonic() - started < 3
     assert outcome(proxy, "cancelled") == 3
     assert proxy.value("shadow_proxy_shadow_in_flight") == 0
+
+
+async def test_an_open_breaker_pauses_shadowing_to_save_agent_calls(
+    make_proxy: ProxyFactory, legacy: Fake
+) -> None:
+    cfg = config(legacy, dead_url(), breaker={"min_requests": 3, "cooldown": "60s"})
+    proxy = await make_proxy(**cfg)
+    for _ in range(3):
+        assert (await proxy.client.get("/api/x")).status == 200
+        await settle(proxy)
+    assert outcome(proxy, "error") == 3
+    for _ in range(5):
+        assert (await proxy.client.get("/api/x")).status == 200
+    await settle(proxy)
+    assert outcome(proxy, "skipped_breaker") == 5
+    assert outcome(proxy, "sent") == 3

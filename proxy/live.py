@@ -273,21 +273,28 @@ def _response_for(up: aiohttp.ClientResponse) -> web.StreamResponse:
     return response
 
 
-async def _read_whole(content: aiohttp.StreamReader, limit: int) -> bytes:
-    """The whole body, or BodyTooLargeError carrying what was read so far."""
-    chunks: list[bytes] = []
-    size = 0
+async def _client_chunks(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The client's body as it arrives; a client that breaks off is _ClientGone."""
     while True:
         try:
             chunk = await content.readany()
         except (ConnectionError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError) as exc:
             raise _ClientGone from exc
         if not chunk:
-            return b"".join(chunks)
+            return
+        yield chunk
+
+
+async def _read_whole(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The whole body, or BodyTooLargeError carrying what was read so far."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in _client_chunks(content):
         size += len(chunk)
         chunks.append(chunk)
         if size > limit:
             raise BodyTooLargeError(limit, b"".join(chunks))
+    return b"".join(chunks)
 
 
 async def _chain(prefix: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -302,13 +309,7 @@ async def _request_body(
     """Stream the client's body upstream, enforcing the limit, copying for a shadow."""
     capture = BodyCapture(job.route.capture_limit) if job is not None else None
     size = 0
-    while True:
-        try:
-            chunk = await content.readany()
-        except (ConnectionError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError) as exc:
-            raise _ClientGone from exc
-        if not chunk:
-            break
+    async for chunk in _client_chunks(content):
         size += len(chunk)
         if size > limit:
             raise BodyTooLargeError(limit)

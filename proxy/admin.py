@@ -140,7 +140,12 @@ def _run(request: web.Request, command: Command, percent: float | None = None) -
         return _json({"error": "not_found", "reason": reason}, status=404)
     except ValueError as exc:
         return _json({"error": "bad_request", "reason": str(exc)}, status=400)
-    return _json({"route": route, "decision": _decision(decision)})
+    body = {"route": route, "decision": _decision(decision)}
+    if command is not Command.SET and decision.action == "hold":
+        # Nothing happened (approve with nothing pending, resume while running):
+        # a conflict, so scripts and the CLI do not mistake it for success.
+        return _json({**body, "error": "conflict", "reason": decision.reason}, status=409)
+    return _json(body)
 
 
 async def command_view(request: web.Request) -> web.Response:

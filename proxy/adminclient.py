@@ -32,7 +32,10 @@ def call(url: str, method: str, path: str, token: str | None, body: Any = None) 
         request.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read() or b"null")
+            payload = response.read()
+        return json.loads(payload or b"null")
+    except ValueError:  # answered, but not with JSON: not the admin API
+        raise AdminError(f"{url} did not answer like the shadow-proxy admin API") from None
     except urllib.error.HTTPError as exc:
         try:
             reason = json.loads(exc.read()).get("reason", exc.reason)
@@ -77,6 +80,7 @@ def render_status(data: dict[str, Any], out: TextIO = sys.stdout) -> None:
 
 
 def run(command: str, route: str | None, percent: float | None, url: str, token: str | None) -> int:
+    """Exit status: 0 done, 1 refused, unreachable, or nothing happened (a 409)."""
     try:
         if command == "status":
             render_status(call(url, "GET", "/rollout", token))
@@ -85,9 +89,12 @@ def run(command: str, route: str | None, percent: float | None, url: str, token:
             result = call(url, "PUT", f"/rollout/{route}/share", token, {"percent": percent})
         else:
             result = call(url, "POST", f"/rollout/{route}/{command}", token)
+        decision = result["decision"]
+        print(f"{route}: {decision['action']}: {decision['reason']}")
     except AdminError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    decision = result["decision"]
-    print(f"{route}: {decision['action']}: {decision['reason']}")
+    except (KeyError, TypeError, AttributeError):
+        print(f"error: {url} did not answer like the shadow-proxy admin API", file=sys.stderr)
+        return 1
     return 0

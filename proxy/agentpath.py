@@ -24,6 +24,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.capture import BodyCapture
+from proxy.downstream import ClientGoneError, Downstream
 from proxy.evidence import Evidence, Exchange
 from proxy.fallback import FallbackReason, check, classify_failure
 from proxy.headers import REQUEST_ID, to_client
@@ -33,7 +34,7 @@ from proxy.retry import Retry, classify, next_delay, retry_after
 from proxy.routes import CompiledRoute
 from proxy.routing import RouteRuntime
 from proxy.tasks import TaskSet
-from proxy.types import AGENT, LEGACY, Failure, Mode, Observation
+from proxy.types import AGENT, LEGACY, Failure, Mode, Observation, ShadowOutcome
 from proxy.upstream import Upstream
 
 log = structlog.get_logger("proxy.agent")
@@ -51,7 +52,11 @@ class Answer:
 
     observation: Observation
     headers: CIMultiDict[str]
-    error_kind: str | None = None  # connect | timeout | disconnect | invalid_response
+    failure: Failure | None = None  # no answer at all, and why
+
+    @property
+    def error_kind(self) -> str | None:  # connect | timeout | disconnect | invalid_response
+        return self.failure.kind if self.failure is not None else None
 
 
 def _respond(answer: Answer, served_by: str, reason: str | None = None) -> web.Response:
@@ -72,14 +77,19 @@ class AgentPath:
         evidence: Evidence,
         metrics: Metrics,
         tasks: TaskSet,
+        send_timeout: float,
+        max_parallel: int,
         rng: random.Random | None = None,
     ) -> None:
         self.agent = agent
         self.legacy = legacy
+        self.send_timeout = send_timeout
         self._evidence = evidence
         self._metrics = metrics
         self._tasks = tasks
         self._rng = rng or random.Random()
+        self._parallel = 0
+        self._max_parallel = max_parallel  # legacy calls alongside the agent, all routes
 
     async def serve(
         self,
@@ -98,11 +108,9 @@ class AgentPath:
             )
         safe = route.may_mirror(request.method)
         headers.setdefault(REQUEST_ID, f"{random.getrandbits(64):016x}")
-        legacy_call = None
-        if safe and not rt.autonomous:
-            legacy_call = self._tasks.spawn(
-                self._buffered(self.legacy, route, request, headers, body, route.capture_limit)
-            )
+        if not rt.streamed:  # the answer is read and checked here: it must be readable
+            headers["Accept-Encoding"] = "identity"
+        legacy_call = self._alongside(route, rt, request, headers, body) if safe else None
         try:
             if rt.streamed:
                 return await self._streamed(
@@ -111,6 +119,8 @@ class AgentPath:
             answer = await self._call_agent(route, rt, request, headers, body, safe)
         except asyncio.CancelledError:  # the client left while the agent was working
             rt.agent_cancelled(time.monotonic())
+            if legacy_call is not None:
+                legacy_call.cancel()
             raise
         obs = answer.observation
         rt.agent_result(obs.error is None and obs.status < 500, obs.latency, time.monotonic())
@@ -123,17 +133,42 @@ class AgentPath:
             verdict = None
         if verdict is None or not rt.fallback_enabled or rt.autonomous:
             rt.window.served(False, now)
-            failed = 504 if answer.error_kind == "timeout" else 502  # as the live path says
-            self._metrics.request(route.name, AGENT, obs.status or failed)
             self._later(route, rt, request, headers, legacy_call, answer, AGENT)
-            if obs.error is not None:
-                kind = answer.error_kind or "disconnect"
-                return failure_response(Failure(kind, failed, obs.error), AGENT)
+            if answer.failure is not None:
+                self._metrics.request(route.name, AGENT, answer.failure.status)
+                return _agent_failed(answer.failure)
+            self._metrics.request(route.name, AGENT, obs.status)
             return _respond(answer, AGENT)
         reason, detail = verdict
         if legacy_call is not None:
             self._later(route, rt, request, headers, legacy_call, answer, LEGACY)
         return await self._fall_back(route, rt, reason, detail, body, forward_legacy, legacy_call)
+
+    def _alongside(
+        self,
+        route: CompiledRoute,
+        rt: RouteRuntime,
+        request: web.Request,
+        headers: CIMultiDict[str],
+        body: bytes,
+    ) -> asyncio.Task[Answer] | None:
+        """Legacy's answer to the same request, for evidence and instant fallback.
+        Bounded like shadow work: at the bound, the request goes without it."""
+        if rt.autonomous:
+            return None
+        if self._parallel >= self._max_parallel:
+            self._metrics.shadow(route.name, ShadowOutcome.DROPPED_INFLIGHT)
+            return None
+        self._parallel += 1
+        task = self._tasks.spawn(
+            self._buffered(self.legacy, route, request, headers, body, route.capture_limit),
+            name=f"alongside:{route.name}",
+        )
+        task.add_done_callback(self._alongside_done)
+        return task
+
+    def _alongside_done(self, task: asyncio.Task[Answer]) -> None:
+        self._parallel -= 1
 
     def _verdict(self, rt: RouteRuntime, answer: Answer) -> tuple[FallbackReason, str] | None:
         obs = answer.observation
@@ -158,9 +193,15 @@ class AgentPath:
         if legacy_call is not None:
             answer = await asyncio.shield(legacy_call)
             obs = answer.observation
-            if obs.error is None and obs.body is not None:
+            if answer.failure is not None:  # legacy already failed once: say so, don't retry
+                self._metrics.request(route.name, LEGACY, answer.failure.status)
+                response = failure_response(answer.failure, LEGACY)
+                response.headers.update({SERVED_BY: LEGACY, FALLBACK_REASON: reason.value})
+                return response
+            if obs.body is not None:
                 self._metrics.request(route.name, LEGACY, obs.status)
                 return _respond(answer, LEGACY, reason.value)
+            # legacy's answer was too large to hold: ask again, streaming this time
         extra = CIMultiDict({SERVED_BY: LEGACY, FALLBACK_REASON: reason.value})
         return await forward_legacy(body, extra)
 
@@ -233,7 +274,7 @@ class AgentPath:
             failure = upstream.failure(exc, upstream.default_timeout)
             self._metrics.upstream_error(route.name, upstream.name, mode, failure.kind)
             obs = Observation(upstream.name, latency=perf_counter() - start, error=failure.reason)
-            return Answer(obs, CIMultiDict(), failure.kind)
+            return Answer(obs, CIMultiDict(), failure)
 
     async def _streamed(
         self,
@@ -250,6 +291,7 @@ class AgentPath:
         and on a route with side effects only when the agent never got the request."""
         start = perf_counter()
         policy = rt.fallback
+        client = Downstream(self.send_timeout)
         response: web.StreamResponse | None = None
         try:
             async with self.agent.request(
@@ -265,34 +307,45 @@ class AgentPath:
                 head = web.StreamResponse(status=up.status, reason=up.reason)
                 head.headers.extend(to_client(up.headers))
                 head.headers[SERVED_BY] = AGENT
-                await head.prepare(request)
+                await client.send(head.prepare(request))
                 response = head  # committed: no fallback from here on
                 self._metrics.request(route.name, AGENT, up.status)
                 rt.window.served(False, time.monotonic())
                 copy = BodyCapture(route.capture_limit)
                 async for chunk in up.content.iter_any():
                     copy.feed(chunk)
-                    await response.write(chunk)
-                await response.write_eof()
-                latency = perf_counter() - start
+                    await client.send(response.write(chunk))
+                await client.send(response.write_eof())
+                latency = perf_counter() - start - client.waited  # the agent's time, not ours
                 rt.agent_result(up.status < 500, latency, time.monotonic())
                 lowered = {k.lower(): v for k, v in up.headers.items()}
                 obs = Observation(AGENT, up.status, lowered, copy.value(), latency)
                 answer = Answer(obs, CIMultiDict(up.headers))
                 self._later(route, rt, request, headers, legacy_call, answer, AGENT)
                 return response
+        except ClientGoneError:
+            self._metrics.rejected(route.name, "client_gone")
+            rt.agent_cancelled(time.monotonic())
+            if legacy_call is not None:
+                legacy_call.cancel()
+            return response or web.Response(status=499)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             failure = self.agent.failure(exc)
+            if response is not None and failure.kind == "timeout" and client.waited >= 1.0:
+                # The agent's clock ran while a slow client held us up: not its failure.
+                self._metrics.rejected(route.name, "client_gone")
+                rt.agent_cancelled(time.monotonic())
+                _cut_off(request)
+                return response
             self._metrics.upstream_error(route.name, AGENT, Mode.LIVE, failure.kind)
             rt.agent_result(False, None, time.monotonic())
             if response is not None:  # mid-body: the client must see a cut, not a short answer
                 log.warning("agent_failed_mid_body", route=route.name, detail=failure.detail)
-                if request.transport is not None:
-                    request.transport.close()
+                _cut_off(request)
                 return response
             received = failure.kind != "connect"  # the agent may have acted on it
             if not rt.fallback_enabled or not policy.on_error or (received and not safe):
-                return failure_response(failure, AGENT)
+                return _agent_failed(failure)
             reason = classify_failure(failure.kind)
             return await self._fall_back(
                 route, rt, reason, failure.reason, body, forward_legacy, legacy_call
@@ -329,3 +382,15 @@ class AgentPath:
             )
 
         self._tasks.spawn(judge(), name=f"evidence:{route.name}")
+
+
+def _agent_failed(failure: Failure) -> web.Response:
+    response = failure_response(failure, AGENT)
+    response.headers[SERVED_BY] = AGENT
+    return response
+
+
+def _cut_off(request: web.Request) -> None:
+    """Close the client connection so a truncated body cannot pass as complete."""
+    if request.transport is not None:
+        request.transport.close()

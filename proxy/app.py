@@ -67,7 +67,16 @@ def load_routing(settings: Settings) -> Routing:
 
 
 # Parts of the config that belong to sockets and pools opened at start.
-RESTART_ONLY = ("listen", "admin", "backends", "shutdown", "logging", "state_file")
+RESTART_ONLY = (
+    "listen",
+    "admin",
+    "backends",
+    "shutdown",
+    "logging",
+    "state_file",
+    "metrics",
+    "reload_interval",
+)
 
 
 class Core:
@@ -91,7 +100,12 @@ class Core:
         ignored = [f for f in RESTART_ONLY if getattr(new, f) != getattr(old, f)]
         effective = new.model_copy(update={f: getattr(old, f) for f in RESTART_ONLY})
         self.metrics.add_routes(RouteTable.from_settings(effective).names)
-        self.routing = Routing(effective, now=time.monotonic(), previous=self.routing)
+        before = self.routing
+        self.routing = Routing(effective, now=time.monotonic(), previous=before)
+        for name, rt in before.runtimes.items():
+            after = self.routing.runtime(name)
+            if rt.policy is not None and (after is None or after.policy is None):
+                self.metrics.forget_rollout(name)
         self.settings = effective
         if self.shadow is not None:
             self.shadow.reconfigure(effective.shadow, self.routing.table.routes)
@@ -144,7 +158,15 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         shadow = core.shadow = Shadow(
             agent, settings.shadow, evidence, metrics, tasks, routes, live_wait
         )
-        agent_path = AgentPath(agent, legacy, evidence, metrics, tasks)
+        agent_path = AgentPath(
+            agent,
+            legacy,
+            evidence,
+            metrics,
+            tasks,
+            settings.listen.send_timeout,
+            settings.shadow.max_in_flight,
+        )
     handler = core.handler = LiveHandler(
         core.routing,
         legacy,

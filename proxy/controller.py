@@ -62,8 +62,12 @@ class Controller:
             if rt.policy is None or now - rt.last_evaluated < rt.interval:
                 continue
             rt.last_evaluated = now
-            stats = rt.window.stats(now, since=rt.state.since)
+            # Each failure is counted on fresh evidence: without this, one bad
+            # minute inside a five-minute window would count at every tick.
+            stats = rt.window.stats(now, since=max(rt.state.since, rt.judged_until))
             new, decision = step(rt.state, stats, rt.policy, now)
+            if decision.action in ("fail", "rollback", "pause"):
+                rt.judged_until = now
             changed |= self._publish(rt, new, decision)
             decisions.append(decision)
         if changed:

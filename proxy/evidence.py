@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
@@ -27,6 +28,8 @@ log = structlog.get_logger("proxy.evidence")
 # Bodies above this are compared on a worker thread so the loop keeps serving
 # (about 0.5 ms of diffing for 16 KiB of JSON).
 INLINE_COMPARE_BYTES = 16 * 1024
+# A compressed body is inflated for comparison up to this size (bombs stop here).
+MAX_INFLATED_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +42,25 @@ class Exchange:
     method: str
     raw_path: str
     served_by: str  # who answered the client: legacy or agent
+
+
+def decoded(observation: Observation) -> Observation | str:
+    """The body as the comparators need it: gzip and deflate are inflated (bounded);
+    another encoding is a reason to skip, not a false mismatch."""
+    encoding = observation.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity") or not observation.body:
+        return observation
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+    if encoding not in wbits:
+        return f"{observation.backend} body is {encoding}-encoded"
+    inflater = zlib.decompressobj(wbits[encoding])
+    try:
+        body = inflater.decompress(observation.body, MAX_INFLATED_BYTES)
+    except zlib.error:
+        return f"{observation.backend} body is not valid {encoding}"
+    if inflater.unconsumed_tail:
+        return f"{observation.backend} body inflates past {MAX_INFLATED_BYTES} bytes"
+    return replace(observation, body=body)
 
 
 async def judge(
@@ -55,8 +77,14 @@ async def judge(
         return Comparison.skipped("legacy body exceeds the capture limit")
     if agent.body is None:
         return Comparison.skipped("agent body exceeds the capture limit")
-    legacy_sample, agent_sample = live.sample(), agent.sample()
-    if len(live.body) + len(agent.body) <= INLINE_COMPARE_BYTES:
+    live_plain = decoded(live)
+    if isinstance(live_plain, str):
+        return Comparison.skipped(live_plain)
+    agent_plain = decoded(agent)
+    if isinstance(agent_plain, str):
+        return Comparison.skipped(agent_plain)
+    legacy_sample, agent_sample = live_plain.sample(), agent_plain.sample()
+    if len(legacy_sample.body) + len(agent_sample.body) <= INLINE_COMPARE_BYTES:
         return compare(comparators, legacy_sample, agent_sample)
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(None, compare, comparators, legacy_sample, agent_sample)

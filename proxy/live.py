@@ -23,6 +23,7 @@ from multidict import CIMultiDict
 
 from proxy.agentpath import FALLBACK_REASON, SERVED_BY, AgentPath
 from proxy.capture import BodyCapture
+from proxy.downstream import ClientGoneError, Downstream
 from proxy.errors import BodyTooLargeError
 from proxy.headers import to_client, to_upstream
 from proxy.metrics import Metrics
@@ -40,10 +41,6 @@ def has_dot_segments(path: str) -> bool:
     """``/a/../b`` (or its encoded forms, once decoded) would match one route
     here and reach another upstream; no well-behaved client sends it."""
     return any(segment in (".", "..") for segment in path.split("/"))
-
-
-class _ClientGone(Exception):
-    """The client closed its connection, or stopped reading, mid-exchange."""
 
 
 class LiveHandler:
@@ -156,7 +153,7 @@ class LiveHandler:
                 runtime.window.served(True, time.monotonic())
                 self.metrics.fallback(route.name, "too_large")
                 return await forward_legacy(_chain(exc.prefix, rest), extra)
-            except _ClientGone:
+            except ClientGoneError:
                 self.metrics.rejected(route.name, "client_gone")
                 return web.Response(status=499)
         return await self.agent.serve(
@@ -193,8 +190,14 @@ class LiveHandler:
         except asyncio.CancelledError:  # the client hung up (handler cancellation)
             self.metrics.rejected(name, "client_gone")
             raise
-        except (_ClientGone, BodyTooLargeError, aiohttp.ClientError, OSError, ValueError) as exc:
-            if _caused_by(exc, _ClientGone):
+        except (
+            ClientGoneError,
+            BodyTooLargeError,
+            aiohttp.ClientError,
+            OSError,
+            ValueError,
+        ) as exc:
+            if _caused_by(exc, ClientGoneError):
                 self.metrics.rejected(name, "client_gone")
                 if job is not None:
                     _abandon(job, "the client left")
@@ -230,11 +233,7 @@ class LiveHandler:
     async def _send(self, write: Awaitable[Any]) -> None:
         """A write to the client fails or stalls only because of the client:
         say so, so it is never mistaken for a legacy failure."""
-        try:
-            async with asyncio.timeout(self.send_timeout):
-                await write
-        except (ConnectionError, TimeoutError) as exc:
-            raise _ClientGone from exc
+        await Downstream(self.send_timeout).send(write)
 
     async def _pump(
         self,
@@ -274,12 +273,12 @@ def _response_for(up: aiohttp.ClientResponse) -> web.StreamResponse:
 
 
 async def _client_chunks(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
-    """The client's body as it arrives; a client that breaks off is _ClientGone."""
+    """The client's body as it arrives; a client that breaks off is ClientGoneError."""
     while True:
         try:
             chunk = await content.readany()
         except (ConnectionError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError) as exc:
-            raise _ClientGone from exc
+            raise ClientGoneError from exc
         if not chunk:
             return
         yield chunk

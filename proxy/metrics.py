@@ -149,6 +149,15 @@ class Metrics:
             self._agreement[route] = RollingAgreement(self._agreement_size)
         self._prime(new)
 
+    def forget_rollout(self, route: str) -> None:
+        """A reload removed the route's rollout: its gauges must not linger at old values."""
+        gauges = {
+            id(m): m for m in (self._percent, self._stage, self._gate_value, self._gate_threshold)
+        }
+        for key in [k for k in self._children if k[0] in gauges and k[1] == route]:
+            gauges[key[0]].remove(*key[1:])
+            del self._children[key]
+
     def _prime(self, routes: Iterable[str]) -> None:
         """Create every known series at zero so rates work from the first scrape."""
         for route in routes:

@@ -235,6 +235,8 @@ def next_target(state: RolloutState, policy: RolloutPolicy) -> Position | None:
     stage, percent = state.stage, state.percent
     if state.pending is not None:
         target, share = state.pending
+        if target is Stage.AUTONOMOUS and not policy.autonomous:
+            return None  # the policy took the autonomous stage away meanwhile
         return target, share, _step_index(share, policy.steps) if target is Stage.CANARY else -1
     if stage in (Stage.SHADOW, Stage.CANARY):
         for index, share in enumerate(policy.steps):

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+import structlog
+
 from proxy.breaker import BreakerState, CircuitBreaker
 from proxy.fallback import FallbackPolicy
 from proxy.retry import RetryPolicy
@@ -20,6 +22,8 @@ from proxy.routes import RouteTable
 from proxy.sampling import Sampler
 from proxy.settings import Route, Settings
 from proxy.window import EvidenceWindow
+
+log = structlog.get_logger("proxy.routing")
 
 
 @dataclass(slots=True)
@@ -40,6 +44,7 @@ class RouteRuntime:
     max_buffer: int
     retry: RetryPolicy
     last_evaluated: float = 0.0
+    judged_until: float = 0.0  # evidence before this has already counted as a failure
 
     @property
     def percent(self) -> float:
@@ -79,11 +84,26 @@ def _initial_state(
     """Where a route starts: the state file, unless the config's share was edited."""
     assert route.rollout is not None
     configured = route.rollout.percent
-    if saved is not None and saved.get("config_percent") == configured:
-        state = RolloutState.from_dict(saved["state"])
-        return replace(state, since=now), "state file"  # evidence restarts with the process
+    if isinstance(saved, Mapping) and saved.get("config_percent") == configured:
+        try:
+            state = RolloutState.from_dict(saved.get("state"))
+        except ValueError as exc:  # a bad entry costs this route its history, not the start
+            log.error("state_file_entry_ignored", route=route.name, error=str(exc))
+        else:
+            return replace(state, since=now), "state file"  # evidence restarts with the process
     state, _ = apply(RolloutState(since=now), Command.SET, policy, now, configured)
     return replace(state, reason=f"started at {configured:g}% from the config"), "config"
+
+
+def _conform(state: RolloutState, policy: RolloutPolicy, now: float) -> RolloutState:
+    """A config that no longer allows the autonomous stage takes it away at once,
+    whatever the state file or the previous config said."""
+    autonomous = state.stage is Stage.AUTONOMOUS
+    pending = state.pending is not None and state.pending[0] is Stage.AUTONOMOUS
+    if policy.autonomous or not (autonomous or pending):
+        return state
+    new, _ = apply(state, Command.SET, policy, now, state.percent)
+    return replace(new, reason="the config no longer allows the autonomous stage")
 
 
 def build_runtime(
@@ -104,6 +124,8 @@ def build_runtime(
             state = replace(state, reason=f"set to {configured:g}% by a config change")
     else:
         state, _ = _initial_state(route, policy, saved, now)
+    if policy is not None:
+        state = _conform(state, policy, now)
     span = rollout.window if rollout is not None else 300.0
     window = previous.window if previous and previous.window.span == span else None
     breaker_policy = route.breaker.to_policy() if route.breaker.enabled else None
@@ -127,6 +149,7 @@ def build_runtime(
         max_buffer=route.fallback.max_buffer,
         retry=route.retries.to_policy(),
         last_evaluated=previous.last_evaluated if previous else now,
+        judged_until=previous.judged_until if previous else 0.0,
     )
 
 

@@ -89,8 +89,10 @@ def failure_of(exc: BaseException, backend: str, timeout: aiohttp.ClientTimeout)
     """
     detail = _short(repr(exc))
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        # kind "connect": like a refused connection, nothing was sent, so a
+        # retry or a fallback cannot do anything twice.
         reason = f"{backend}: connect timed out after {timeout.sock_connect:g}s"
-        return Failure("timeout", 504, reason, detail)
+        return Failure("connect", 504, reason, detail)
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         reason = f"{backend}: no complete answer within {timeout.total:g}s"
         return Failure("timeout", 504, reason, detail)

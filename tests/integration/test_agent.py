@@ -5,6 +5,7 @@ and a breaker stops calling an agent that keeps failing."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import aiohttp
@@ -13,7 +14,7 @@ import pytest
 from conftest import Proxy, ProxyFactory
 from fakes import Fake, Reply, dead_url
 
-from proxy.app import TASKS
+from proxy.app import CORE, TASKS
 
 LEGACY_BODY = b'{"from": "legacy", "confidence": 1}'
 AGENT_BODY = b'{"from": "agent", "confidence": 0.9}'
@@ -597,3 +598,48 @@ async def test_a_probe_whose_client_gave_up_does_not_leave_the_breaker_half_open
     assert response.headers["X-Served-By"] == "agent"
     assert body == AGENT_BODY
     await settle(proxy)
+
+
+async def test_a_stalled_client_in_streamed_mode_is_never_the_agents_failure(
+    make_proxy: ProxyFactory, legacy: Fake, agent: Fake
+) -> None:
+    """The client stops reading a large streamed answer: it is cut after send_timeout,
+    counted as client_gone, and neither the breaker nor the error gate hear of it."""
+    cfg = config(legacy, agent, agent_timeout="1s", fallback={"mode": "streamed"})
+    cfg["routes"][0]["match"] = {"prefix": "/"}
+    cfg["listen"] = {"send_timeout": "300ms"}
+    proxy = await make_proxy(**cfg)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", proxy.client.port))
+    _reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(b"GET /download?mb=64 HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    try:
+        async with asyncio.timeout(10):
+            while proxy.value("shadow_proxy_rejected_requests_total", reason="client_gone") < 1:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        runtime = proxy.client.app[CORE].routing.runtimes["api"]
+        assert proxy.value("shadow_proxy_upstream_errors_total", backend="agent") == 0
+        assert runtime.window.stats(10**9).agent_errors == 0
+        assert (await proxy.client.get("/x")).headers["X-Served-By"] == "agent"
+    finally:
+        writer.close()
+
+
+async def test_legacy_calls_alongside_the_agent_are_bounded_and_counted(
+    make_proxy: ProxyFactory, legacy: Fake, agent: Fake
+) -> None:
+    legacy.delay = 0.5
+    cfg = config(legacy, agent)
+    cfg["shadow"] = {"max_in_flight": 1}
+    proxy = await make_proxy(**cfg)
+    responses = await asyncio.gather(*(proxy.client.get("/api/x") for _ in range(4)))
+    assert [r.headers["X-Served-By"] for r in responses] == ["agent"] * 4
+    await settle(proxy)
+    dropped = proxy.value(
+        "shadow_proxy_shadow_requests_total", route="api", outcome="dropped_inflight"
+    )
+    assert dropped == 3
+    assert len(legacy.seen) == 1

@@ -263,3 +263,25 @@ async def test_a_reload_that_changes_a_listener_says_it_needs_a_restart(
     changed = settings_from({**data, "listen": {"port": 1234}})
     assert pair.core.apply(changed) == ["listen"]
     assert pair.core.settings.listen.port == 8080  # the running value stays
+
+
+async def test_a_command_that_changes_nothing_is_a_conflict_not_a_success(
+    make_pair: Any, legacy: Fake, agent: Fake
+) -> None:
+    pair = await make_pair(settings_from(config(legacy, agent, mode="manual")))
+    response = await pair.admin.post("/rollout/api/approve", headers=bearer())
+    assert response.status == 409
+    assert "nothing awaits approval" in (await response.json())["reason"]
+
+
+async def test_a_reload_that_removes_a_rollout_clears_its_gauges(
+    make_pair: Any, legacy: Fake, agent: Fake
+) -> None:
+    data = config(legacy, agent, mode="manual", percent=50)
+    pair = await make_pair(settings_from(data))
+    pair.core.controller.publish_all()
+    assert pair.value("shadow_proxy_rollout_percent", route="api") == 50
+    del data["routes"][0]["rollout"]
+    pair.core.apply(settings_from(data))
+    with pytest.raises(KeyError):  # the family is gone with its only series
+        pair.value("shadow_proxy_rollout_percent", route="api")

@@ -5,7 +5,10 @@ made slow, failing, streaming, huge or rude, and that record what reached them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,4 +199,21 @@ class RawBackend:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(self.response)
         await writer.drain()
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def stalled_client(port: int, path: str) -> AsyncIterator[None]:
+    """A client that GETs ``path`` and then never reads: a tiny receive
+    buffer, so the proxy's writes stall almost at once."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    _reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    try:
+        yield
+    finally:
         writer.close()

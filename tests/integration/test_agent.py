@@ -5,14 +5,13 @@ and a breaker stops calling an agent that keeps failing."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 from conftest import Proxy, ProxyFactory
-from fakes import Fake, Reply, dead_url
+from fakes import Fake, Reply, dead_url, stalled_client
 
 from proxy.app import CORE, TASKS
 
@@ -609,14 +608,7 @@ async def test_a_stalled_client_in_streamed_mode_is_never_the_agents_failure(
     cfg["routes"][0]["match"] = {"prefix": "/"}
     cfg["listen"] = {"send_timeout": "300ms"}
     proxy = await make_proxy(**cfg)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", proxy.client.port))
-    _reader, writer = await asyncio.open_connection(sock=sock)
-    writer.write(b"GET /download?mb=64 HTTP/1.1\r\nHost: x\r\n\r\n")
-    await writer.drain()
-    try:
+    async with stalled_client(proxy.client.port, "/download?mb=64"):
         async with asyncio.timeout(10):
             while proxy.value("shadow_proxy_rejected_requests_total", reason="client_gone") < 1:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
@@ -624,8 +616,6 @@ async def test_a_stalled_client_in_streamed_mode_is_never_the_agents_failure(
         assert proxy.value("shadow_proxy_upstream_errors_total", backend="agent") == 0
         assert runtime.window.stats(10**9).agent_errors == 0
         assert (await proxy.client.get("/x")).headers["X-Served-By"] == "agent"
-    finally:
-        writer.close()
 
 
 async def test_legacy_calls_alongside_the_agent_are_bounded_and_counted(

@@ -4,7 +4,6 @@ every bound, and the comparison's result shows up in metrics and logs."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import aiohttp
 import orjson
 from conftest import Proxy, ProxyFactory
-from fakes import Fake, dead_url
+from fakes import Fake, dead_url, stalled_client
 from structlog.testing import capture_logs
 
 from proxy.app import TASKS
@@ -317,14 +316,7 @@ async def test_a_client_that_stops_reading_gives_back_its_shadow_slot(
     cfg["listen"] = {"send_timeout": "500ms"}
     cfg["routes"][0]["match"] = {"prefix": "/"}
     proxy = await make_proxy(**cfg)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", proxy.client.port))
-    _reader, writer = await asyncio.open_connection(sock=sock)
-    writer.write(b"GET /download?mb=32 HTTP/1.1\r\nHost: x\r\n\r\n")
-    await writer.drain()
-    try:
+    async with stalled_client(proxy.client.port, "/download?mb=32"):
         async with asyncio.timeout(10):
             await legacy.arrived.wait()  # the shadow task exists from here on
             await proxy.client.app[TASKS].join()
@@ -334,8 +326,6 @@ async def test_a_client_that_stops_reading_gives_back_its_shadow_slot(
         assert (await proxy.client.get("/api/x")).status == 200
         await settle(proxy)
         assert outcome(proxy, "dropped_inflight") == 0  # the slot was free again
-    finally:
-        writer.close()
 
 
 async def test_shutdown_cancels_shadow_work_after_its_grace_and_counts_it(

@@ -24,10 +24,10 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.capture import BodyCapture
-from proxy.downstream import ClientGoneError, Downstream
+from proxy.downstream import ClientGoneError, Downstream, cut_off
 from proxy.evidence import Evidence, Exchange
 from proxy.fallback import FallbackReason, check, classify_failure
-from proxy.headers import REQUEST_ID, to_client
+from proxy.headers import REQUEST_ID, lowered, to_client
 from proxy.metrics import Metrics
 from proxy.replies import failure_response
 from proxy.retry import Retry, classify, next_delay, retry_after
@@ -266,8 +266,13 @@ class AgentPath:
                         break
                 latency = perf_counter() - start
                 self._metrics.upstream(route.name, upstream.name, mode, latency)
-                lowered = {k.lower(): v for k, v in response.headers.items()}
-                obs = Observation(upstream.name, response.status, lowered, capture.value(), latency)
+                obs = Observation(
+                    upstream.name,
+                    response.status,
+                    lowered(response.headers),
+                    capture.value(),
+                    latency,
+                )
                 return Answer(obs, CIMultiDict(response.headers))
         except Exception as exc:  # every failure is data here
             # Name the configured timeout, not what was left of it after retries.
@@ -318,8 +323,7 @@ class AgentPath:
                 await client.send(response.write_eof())
                 latency = perf_counter() - start - client.waited  # the agent's time, not ours
                 rt.agent_result(up.status < 500, latency, time.monotonic())
-                lowered = {k.lower(): v for k, v in up.headers.items()}
-                obs = Observation(AGENT, up.status, lowered, copy.value(), latency)
+                obs = Observation(AGENT, up.status, lowered(up.headers), copy.value(), latency)
                 answer = Answer(obs, CIMultiDict(up.headers))
                 self._later(route, rt, request, headers, legacy_call, answer, AGENT)
                 return response
@@ -335,13 +339,13 @@ class AgentPath:
                 # The agent's clock ran while a slow client held us up: not its failure.
                 self._metrics.rejected(route.name, "client_gone")
                 rt.agent_cancelled(time.monotonic())
-                _cut_off(request)
+                cut_off(request)
                 return response
             self._metrics.upstream_error(route.name, AGENT, Mode.LIVE, failure.kind)
             rt.agent_result(False, None, time.monotonic())
             if response is not None:  # mid-body: the client must see a cut, not a short answer
                 log.warning("agent_failed_mid_body", route=route.name, detail=failure.detail)
-                _cut_off(request)
+                cut_off(request)
                 return response
             received = failure.kind != "connect"  # the agent may have acted on it
             if not rt.fallback_enabled or not policy.on_error or (received and not safe):
@@ -388,9 +392,3 @@ def _agent_failed(failure: Failure) -> web.Response:
     response = failure_response(failure, AGENT)
     response.headers[SERVED_BY] = AGENT
     return response
-
-
-def _cut_off(request: web.Request) -> None:
-    """Close the client connection so a truncated body cannot pass as complete."""
-    if request.transport is not None:
-        request.transport.close()

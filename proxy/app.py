@@ -99,9 +99,9 @@ class Core:
         old = self.settings
         ignored = [f for f in RESTART_ONLY if getattr(new, f) != getattr(old, f)]
         effective = new.model_copy(update={f: getattr(old, f) for f in RESTART_ONLY})
-        self.metrics.add_routes(RouteTable.from_settings(effective).names)
         before = self.routing
         self.routing = Routing(effective, now=time.monotonic(), previous=before)
+        self.metrics.add_routes(self.routing.table.names)
         for name, rt in before.runtimes.items():
             after = self.routing.runtime(name)
             if rt.policy is not None and (after is None or after.policy is None):

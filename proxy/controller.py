@@ -37,8 +37,7 @@ class Controller:
         state_file: Path | None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._routing = routing
-        self.routing = routing
+        self.routing = routing  # a getter: a reload swaps the routing it returns
         self._metrics = metrics
         self._state_file = state_file
         self._clock = clock
@@ -57,7 +56,7 @@ class Controller:
         """Evaluate every route whose interval has passed."""
         decisions = []
         changed = False
-        for rt in self._routing().runtimes.values():
+        for rt in self.routing().runtimes.values():
             self._publish_breaker(rt, now)
             if rt.policy is None or now - rt.last_evaluated < rt.interval:
                 continue
@@ -76,7 +75,7 @@ class Controller:
 
     def command(self, route: str, command: Command, percent: float | None = None) -> Decision:
         """An operator's command; ValueError for a bad percent."""
-        rt = self._routing().runtime(route)
+        rt = self.routing().runtime(route)
         if rt is None or rt.policy is None:
             raise UnknownRouteError(route)
         now = self._clock()
@@ -87,7 +86,7 @@ class Controller:
 
     def publish_all(self) -> None:
         now = self._clock()
-        for rt in self._routing().runtimes.values():
+        for rt in self.routing().runtimes.values():
             self._publish_breaker(rt, now)
             if rt.policy is not None:
                 self._metrics.rollout(rt.name, rt.state.stage, rt.percent, Stage)
@@ -138,7 +137,7 @@ class Controller:
     def save(self) -> None:
         if self._state_file is None:
             return
-        routes = {n: rt.saved() for n, rt in self._routing().runtimes.items() if rt.policy}
+        routes = {n: rt.saved() for n, rt in self.routing().runtimes.items() if rt.policy}
         try:
             statefile.save(self._state_file, routes)
         except OSError as exc:

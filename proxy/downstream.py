@@ -8,9 +8,17 @@ from collections.abc import Awaitable
 from time import perf_counter
 from typing import Any
 
+from aiohttp import web
+
 
 class ClientGoneError(Exception):
     """The client closed its connection, or stopped reading, mid-exchange."""
+
+
+def cut_off(request: web.Request) -> None:
+    """Close the client connection so a truncated body cannot pass as complete."""
+    if request.transport is not None:
+        request.transport.close()
 
 
 class Downstream:

@@ -95,6 +95,11 @@ def to_shadow(
     return out
 
 
+def lowered(headers: Mapping[str, str]) -> dict[str, str]:
+    """Headers as comparators and fallback checks see them: lower-case names."""
+    return {k.lower(): v for k, v in headers.items()}
+
+
 def trace_id(traceparent: str | None) -> str | None:
     """The trace id of a W3C ``traceparent`` (``00-<32 hex>-<16 hex>-<2 hex>``)."""
     if not traceparent:

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from time import perf_counter
-from typing import Any
 
 import aiohttp
 import structlog
@@ -23,9 +22,9 @@ from multidict import CIMultiDict
 
 from proxy.agentpath import FALLBACK_REASON, SERVED_BY, AgentPath
 from proxy.capture import BodyCapture
-from proxy.downstream import ClientGoneError, Downstream
+from proxy.downstream import ClientGoneError, Downstream, cut_off
 from proxy.errors import BodyTooLargeError
-from proxy.headers import to_client, to_upstream
+from proxy.headers import lowered, to_client, to_upstream
 from proxy.metrics import Metrics
 from proxy.replies import error_response, failure_response
 from proxy.routes import CompiledRoute
@@ -172,6 +171,7 @@ class LiveHandler:
     ) -> web.StreamResponse:
         name = route.name
         sent = perf_counter()
+        client = Downstream(self.send_timeout)
         response: web.StreamResponse | None = None
         try:
             async with self.legacy.request(request.method, request.raw_path, headers, body) as up:
@@ -179,13 +179,13 @@ class LiveHandler:
                 head = _response_for(up)
                 if extra is not None:
                     head.headers.update(extra)
-                await self._send(head.prepare(request))
+                await client.send(head.prepare(request))
                 response = head  # from here on, the client has seen a status
                 self.metrics.overhead(name, (sent - start) + (perf_counter() - received))
                 self.metrics.request(name, LEGACY, up.status)
-                await self._pump(up, response, job, sent)
+                await _pump(up, response, client, job, sent)
                 self.metrics.upstream(name, LEGACY, Mode.LIVE, perf_counter() - sent)
-                await self._send(response.write_eof())
+                await client.send(response.write_eof())
                 return response
         except asyncio.CancelledError:  # the client hung up (handler cancellation)
             self.metrics.rejected(name, "client_gone")
@@ -206,7 +206,7 @@ class LiveHandler:
                 if response is None:
                     return self._too_large(route)
                 self.metrics.rejected(name, "body_too_large")
-                _cut_off(request)
+                cut_off(request)
                 return response
             return self._legacy_failed(request, route, exc, job, response)
 
@@ -224,33 +224,11 @@ class LiveHandler:
             _abandon(job, failure.reason)
         if response is not None:  # headers already sent: the client must see a cut
             log.warning("legacy_failed_mid_body", route=route.name, detail=failure.detail)
-            _cut_off(request)
+            cut_off(request)
             return response
         log.warning("legacy_failed", route=route.name, detail=failure.detail)
         self.metrics.request(route.name, LEGACY, failure.status)
         return failure_response(failure, LEGACY)
-
-    async def _send(self, write: Awaitable[Any]) -> None:
-        """A write to the client fails or stalls only because of the client:
-        say so, so it is never mistaken for a legacy failure."""
-        await Downstream(self.send_timeout).send(write)
-
-    async def _pump(
-        self,
-        upstream: aiohttp.ClientResponse,
-        response: web.StreamResponse,
-        job: ShadowJob | None,
-        sent: float,
-    ) -> None:
-        """Copy the upstream body to the client; keep a bounded copy for the shadow."""
-        copy = BodyCapture(job.route.capture_limit) if job is not None else None
-        async for chunk in upstream.content.iter_any():
-            if copy is not None and not copy.feed(chunk):
-                copy = None  # too large to compare: free the shadow task now
-                _observe(job, upstream, None, sent)
-            await self._send(response.write(chunk))
-        if copy is not None:
-            _observe(job, upstream, copy.value(), sent)
 
     def _reject(
         self, route: CompiledRoute, status: int, error: str, reason: str, label: str
@@ -320,12 +298,32 @@ async def _request_body(
         _give_body(job, capture.value() or b"")
 
 
+async def _pump(
+    upstream: aiohttp.ClientResponse,
+    response: web.StreamResponse,
+    client: Downstream,
+    job: ShadowJob | None,
+    sent: float,
+) -> None:
+    """Copy the upstream body to the client; keep a bounded copy for the shadow."""
+    copy = BodyCapture(job.route.capture_limit) if job is not None else None
+    async for chunk in upstream.content.iter_any():
+        if copy is not None and not copy.feed(chunk):
+            copy = None  # too large to compare: free the shadow task now
+            _observe(job, upstream, None, sent)
+        await client.send(response.write(chunk))
+    if copy is not None:
+        _observe(job, upstream, copy.value(), sent)
+
+
 def _observe(
     job: ShadowJob | None, up: aiohttp.ClientResponse, body: bytes | None, sent: float
 ) -> None:
     if job is not None and not job.live.done():
-        headers = {k.lower(): v for k, v in up.headers.items()}
-        job.live.set_result(Observation(LEGACY, up.status, headers, body, perf_counter() - sent))
+        observation = Observation(
+            LEGACY, up.status, lowered(up.headers), body, perf_counter() - sent
+        )
+        job.live.set_result(observation)
 
 
 def _give_body(job: ShadowJob, body: bytes | ShadowOutcome) -> None:
@@ -348,9 +346,3 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
-
-
-def _cut_off(request: web.Request) -> None:
-    """Close the client connection so a truncated body cannot pass as complete."""
-    if request.transport is not None:
-        request.transport.close()

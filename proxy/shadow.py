@@ -24,7 +24,7 @@ from multidict import CIMultiDict
 
 from proxy.capture import BodyCapture
 from proxy.evidence import Evidence, Exchange
-from proxy.headers import REQUEST_ID, to_shadow
+from proxy.headers import REQUEST_ID, lowered, to_shadow
 from proxy.metrics import Metrics
 from proxy.routes import CompiledRoute
 from proxy.routing import RouteRuntime
@@ -224,7 +224,7 @@ class Shadow:
                 observation = Observation(
                     AGENT,
                     response.status,
-                    {k.lower(): v for k, v in response.headers.items()},
+                    lowered(response.headers),
                     capture.value(),
                     latency,
                 )

@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint unit schema clean
+.PHONY: install system-deps demo test lint unit schema clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Debian packages the tests need (promtool); idempotent.
+system-deps:
+	bash scripts/system-deps.sh
 
 demo: install
 	$(BIN)/shadow-proxy demo $(ARGS)
@@ -26,7 +30,7 @@ lint: install
 unit: install
 	$(BIN)/pytest tests/unit
 
-test: lint
+test: lint system-deps
 	$(BIN)/pytest
 
 schema: install

@@ -1,0 +1,55 @@
+"""Render and lint the Helm chart offline through the Helm SDK (helm-python-sdk)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import yaml
+
+CHART = Path(__file__).resolve().parents[2] / "helm" / "shadow-proxy"
+RELEASE = "orders"
+NAMESPACE = "shop"
+
+# The smallest values that render in each mode.
+SIDECAR: dict[str, Any] = {"legacy": {"image": {"repository": "registry.example/orders"}}}
+STANDALONE: dict[str, Any] = {
+    "mode": "standalone",
+    "legacy": {"url": "http://orders-legacy.shop.svc.cluster.local:8000"},
+}
+
+
+def render(values: dict[str, Any] | None = None) -> dict[str, str]:
+    """Template path -> rendered text, exactly as `helm template` would produce."""
+    with helm.Chart.load(CHART) as chart:
+        chart.validate_schema(values or {})
+        return chart.render(values=values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+
+
+def manifests(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every Kubernetes object the chart renders (NOTES.txt excluded)."""
+    docs: list[dict[str, Any]] = []
+    for path, text in render(values).items():
+        if path.endswith(".txt"):
+            continue
+        docs.extend(d for d in yaml.safe_load_all(text) if d)
+    return docs
+
+
+def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def proxy_config(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The proxy's config file as the ConfigMap carries it."""
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and "proxy.yaml" in d["data"])
+    cfg: dict[str, Any] = yaml.safe_load(cm["data"]["proxy.yaml"])
+    return cfg
+
+
+def lint(values: dict[str, Any] | None = None) -> dict[str, Any]:
+    report: dict[str, Any] = helm.lint(CHART, values or {}, strict=True)
+    return report

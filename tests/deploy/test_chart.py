@@ -260,6 +260,9 @@ BAD_VALUES = [
     ({**SIDECAR, "state": {"sizeLimit": "lots"}}, "/state/sizeLimit"),
     ({**SIDECAR, "podDisruptionBudget": {"maxUnavailable": "half"}}, "/podDisruptionBudget"),
     ({**SIDECAR, "config": {"routes": [{"match": {"prefix": "/"}}]}}, "/config/routes/0"),
+    ({**SIDECAR, "monitoring": {"prometheusRules": {"enabled": True}}}, "'prometheusRules'"),
+    ({**SIDECAR, "monitoring": {"prometheusRule": {"agreementTarget": 95}}}, "agreementTarget"),
+    ({**SIDECAR, "monitoring": {"prometheusRule": {"for": "ten minutes"}}}, "/for"),
 ]
 
 

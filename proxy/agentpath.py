@@ -349,6 +349,10 @@ class AgentPath:
                 return response
             received = failure.kind != "connect"  # the agent may have acted on it
             if not rt.fallback_enabled or not policy.on_error or (received and not safe):
+                if legacy_call is not None:
+                    legacy_call.cancel()
+                rt.window.served(False, time.monotonic())
+                self._metrics.request(route.name, AGENT, failure.status)
                 return _agent_failed(failure)
             reason = classify_failure(failure.kind)
             return await self._fall_back(

@@ -247,6 +247,8 @@ async def test_with_on_error_off_an_unreachable_agent_is_a_502_not_a_fallback(
     assert response.status == 502
     assert orjson.loads(body)["backend"] == "agent"
     assert fallbacks(proxy, "error") == 0
+    # The client saw the agent's 502: it is counted as an answer the agent gave.
+    assert proxy.value("shadow_proxy_requests_total", backend="agent", status_class="5xx") == 1
     await settle(proxy)
 
 
@@ -263,6 +265,7 @@ async def test_with_on_error_off_a_slow_agent_is_a_504_not_a_fallback(
     assert (answer["error"], answer["backend"]) == ("gateway_timeout", "agent")
     assert answer["reason"].startswith("agent: no complete answer within")
     assert fallbacks(proxy, "timeout") == 0
+    assert proxy.value("shadow_proxy_requests_total", backend="agent", status_class="5xx") == 1
     await settle(proxy)
 
 

@@ -20,6 +20,7 @@ from prometheus_client.process_collector import ProcessCollector
 from comparators import Comparison, Verdict
 from comparators.paths import generalize
 from proxy.agreement import RollingAgreement
+from proxy.fallback import FallbackReason
 from proxy.types import Mode, ShadowOutcome
 
 LATENCY_BUCKETS = (
@@ -205,6 +206,11 @@ class Metrics:
             self._child(self._mismatch, route, path).inc()
 
     def rollout(self, route: str, stage: str, percent: float, stages: Iterable[str]) -> None:
+        if (id(self._percent), route) not in self._children:
+            # A route under rollout can fall back: its fallback series start at zero,
+            # so that rate() and increase() see the very first one.
+            for reason in FallbackReason:
+                self._child(self._fallbacks, route, reason.value)
         self._child(self._percent, route).set(percent)
         for name in stages:
             self._child(self._stage, route, name).set(1 if name == stage else 0)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.controller import Controller
+from proxy.fallback import FallbackReason
 from proxy.metrics import Metrics
 from proxy.rollout import RolloutState, Stage
 from proxy.routing import Routing
@@ -81,3 +83,21 @@ def test_a_bad_state_file_entry_starts_that_route_from_the_config() -> None:
                   {"config_percent": 10.0}, "garbage", None):  # fmt: skip
         routing = Routing(settings(percent=10), saved={"api": entry}, now=0.0)
         assert routing.runtimes["api"].state.percent == 10.0
+
+
+def test_a_route_under_rollout_exports_its_fallback_series_from_zero() -> None:
+    """Prometheus' increase() cannot see a counter's first increment if the
+    series is born at 1: the first fallback would be invisible to alerts."""
+    routing = Routing(settings(percent=5), now=0.0)
+    registry = CollectorRegistry()
+    Controller(lambda: routing, Metrics(registry, ["api"]), None).publish_all()
+    text = generate_latest(registry).decode()
+    fallbacks = {
+        s.labels["reason"]: s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "shadow_proxy_fallbacks"
+        for s in family.samples
+        if s.name.endswith("_total") and s.labels["route"] == "api"
+    }
+    assert set(fallbacks) == {r.value for r in FallbackReason}
+    assert set(fallbacks.values()) == {0.0}

@@ -120,10 +120,7 @@ async def test_run_proxies_mirrors_exports_metrics_and_drains_on_sigterm(
             assert await response.json() == {"ok": True}
         async with http.get(f"{running.admin}/readyz") as ready:
             assert ready.status == 200
-        for _ in range(100):
-            if agent.seen:
-                break
-            await asyncio.sleep(0.05)
+        await asyncio.wait_for(agent.arrived.wait(), timeout=5)  # the shadow copy
         assert agent.seen[-1].headers["x-shadow-request"] == ["1"]
         async with http.get(f"{running.admin}/metrics") as scrape:
             text = await scrape.text()

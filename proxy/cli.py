@@ -24,8 +24,10 @@ from proxy.server import serve
 from proxy.settings import Settings, load_settings
 
 EXIT_CONFIG = 2
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
-DEMO_ROLLOUT_CONFIG = DEMO_CONFIG.with_name("demo-rollout.yaml")
+# The demo's own configs ship inside the package, so an installed wheel (and the
+# image) can run `shadow-proxy demo` too.
+DEMO_CONFIG = Path(__file__).resolve().parent / "demo" / "demo.yaml"
+DEMO_ROLLOUT_CONFIG = DEMO_CONFIG.with_name("rollout.yaml")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -135,9 +135,12 @@ def test_yaml_syntax_errors_and_non_mappings_are_config_errors(tmp_path: Path) -
         load_settings(tmp_path / "missing.yaml")
 
 
-@pytest.mark.parametrize("name", ["proxy.yaml", "demo.yaml"])
+SHIPPED = ["config/proxy.yaml", "proxy/demo/demo.yaml", "proxy/demo/rollout.yaml"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_configs_are_valid(name: str) -> None:
-    settings = load_settings(ROOT / "config" / name)
+    settings = load_settings(ROOT / name)
     assert settings.routes
 
 
@@ -175,5 +178,5 @@ def test_schema_validates_the_shipped_configs() -> None:
     import yaml
 
     schema = Settings.model_json_schema()
-    for name in ("proxy.yaml", "demo.yaml"):
-        jsonschema.validate(yaml.safe_load((ROOT / "config" / name).read_text()), schema)
+    for name in SHIPPED:
+        jsonschema.validate(yaml.safe_load((ROOT / name).read_text()), schema)

@@ -13,7 +13,9 @@ RELEASE = "orders"
 NAMESPACE = "shop"
 
 # The smallest values that render in each mode.
-SIDECAR: dict[str, Any] = {"legacy": {"image": {"repository": "registry.example/orders"}}}
+SIDECAR: dict[str, Any] = {
+    "legacy": {"image": {"repository": "registry.example/orders", "tag": "1.4.2"}}
+}
 STANDALONE: dict[str, Any] = {
     "mode": "standalone",
     "legacy": {"url": "http://orders-legacy.shop.svc.cluster.local:8000"},

@@ -57,7 +57,7 @@ MATRIX: dict[str, dict[str, Any]] = {
     "no-token-autoscaling": merged(
         STANDALONE, adminToken={"enabled": False}, autoscaling={"enabled": True}
     ),
-    "persistent-state": merged(SIDECAR, state={"existingClaim": "proxy-state"}),
+    "persistent-state": merged(SIDECAR, replicaCount=1, state={"existingClaim": "proxy-state"}),
 }
 
 
@@ -109,18 +109,54 @@ def test_the_rendered_config_passes_check_config(case: str, tmp_path: Path) -> N
 
 
 def test_sidecar_runs_legacy_in_the_pod_and_the_service_points_at_the_proxy() -> None:
-    docs = manifests(merged(SIDECAR, legacy={"port": 7000, "env": [{"name": "A", "value": "1"}]}))
+    docs = manifests(
+        merged(
+            SIDECAR,
+            service={"type": "LoadBalancer"},
+            legacy={"port": 7000, "env": [{"name": "A", "value": "1"}]},
+        )
+    )
     assert proxy_config(docs)["backends"]["legacy"]["url"] == "http://127.0.0.1:7000"
     legacy = container(docs, "legacy")
-    assert legacy["image"] == "registry.example/orders:latest"
+    assert legacy["image"] == "registry.example/orders:1.4.2"
     assert legacy["ports"] == [{"name": "legacy", "containerPort": 7000, "protocol": "TCP"}]
     assert legacy["env"] == [{"name": "A", "value": "1"}]
-    service = one(docs, "Service")["spec"]
-    ports = {p["name"]: p for p in service["ports"]}
-    assert ports["http"]["targetPort"] == "http"
-    assert "legacy" not in ports
+    services = {s["metadata"]["name"]: s["spec"] for s in docs if s["kind"] == "Service"}
+    assert set(services) == {"orders-shadow-proxy", "orders-shadow-proxy-admin"}
+    client = services["orders-shadow-proxy"]
+    assert [(p["name"], p["targetPort"]) for p in client["ports"]] == [("http", "http")]
+    # Admin stays inside the cluster whatever the client Service's type.
+    admin = services["orders-shadow-proxy-admin"]
+    assert admin["type"] == "ClusterIP"
+    assert [(p["name"], p["targetPort"]) for p in admin["ports"]] == [("admin", "admin")]
     proxy_ports = {p["name"]: p["containerPort"] for p in container(docs, "shadow-proxy")["ports"]}
     assert proxy_ports == {"http": 8080, "admin": 9090}
+
+
+def test_the_pod_is_ready_only_once_legacy_accepts_connections() -> None:
+    probe = container(manifests(SIDECAR), "legacy")["readinessProbe"]
+    assert probe["tcpSocket"] == {"port": "legacy"}
+    custom = {"httpGet": {"path": "/health", "port": 8000}}
+    docs = manifests(merged(SIDECAR, legacy={"readinessProbe": custom}))
+    assert container(docs, "legacy")["readinessProbe"] == custom
+
+
+def test_without_a_service_account_of_its_own_the_pod_uses_the_given_one() -> None:
+    def account(values: dict[str, Any]) -> str:
+        name: str = one(manifests(values), "Deployment")["spec"]["template"]["spec"][
+            "serviceAccountName"
+        ]
+        return name
+
+    assert account(merged(SIDECAR, serviceAccount={"create": False})) == "default"
+    named = merged(SIDECAR, serviceAccount={"create": False, "name": "orders"})
+    assert account(named) == "orders"
+    assert not [d for d in manifests(named) if d["kind"] == "ServiceAccount"]
+
+
+def test_a_state_claim_is_held_by_one_pod_at_a_time() -> None:
+    spec = one(manifests(MATRIX["persistent-state"]), "Deployment")["spec"]
+    assert spec["strategy"] == {"type": "Recreate"}
 
 
 def test_standalone_runs_only_the_proxy_in_front_of_the_legacy_url() -> None:
@@ -158,8 +194,10 @@ def test_probes_drain_and_a_writable_state_volume() -> None:
 def test_pods_are_hardened() -> None:
     docs = manifests(SIDECAR)
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
-    assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    # The proxy's user is its own; legacy, in sidecar mode, keeps its image's user.
+    assert "runAsUser" not in pod["securityContext"]
+    assert container(docs, "shadow-proxy")["securityContext"]["runAsNonRoot"] is True
     assert pod["automountServiceAccountToken"] is False
     for c in pod["containers"]:
         assert c["securityContext"]["allowPrivilegeEscalation"] is False, c["name"]
@@ -191,10 +229,13 @@ def test_admin_token_comes_from_the_charts_secret_or_an_existing_one() -> None:
     assert not [d for d in docs if d["kind"] == "Secret"]
 
 
-def test_autoscaling_owns_the_replica_count() -> None:
+def test_autoscaling_owns_the_replica_count_and_scales_on_the_proxys_cpu() -> None:
     docs = manifests(MATRIX["no-token-autoscaling"])
     assert "replicas" not in one(docs, "Deployment")["spec"]
-    assert one(docs, "HorizontalPodAutoscaler")["spec"]["maxReplicas"] == 10
+    hpa = one(docs, "HorizontalPodAutoscaler")["spec"]
+    assert hpa["maxReplicas"] == 10
+    # Not the pod's CPU: a legacy container without a CPU request would leave it undefined.
+    assert [m["containerResource"]["container"] for m in hpa["metrics"]] == ["shadow-proxy"]
     assert one(manifests(SIDECAR), "Deployment")["spec"]["replicas"] == 2
 
 
@@ -231,6 +272,15 @@ def test_every_restart_only_setting_has_a_change_to_try() -> None:
     assert set(RESTART_CHANGES) == set(RESTART_ONLY)
 
 
+def test_set_changes_one_routes_split_by_name() -> None:
+    """What `helm upgrade --set routeOverrides.all.shadow.percent=50` does."""
+    values = merged(SIDECAR, **helm.parse_set_string("routeOverrides.all.shadow.percent=50"))
+    [route] = proxy_config(manifests(values))["routes"]
+    assert route["shadow"] == {"enabled": True, "percent": 50}
+    assert route["name"] == "all" and route["compare"] == ["status", "json"]
+    assert _restart_checksum(values) == _restart_checksum(SIDECAR)
+
+
 @pytest.mark.parametrize("key", RESTART_CHANGES)
 def test_what_hot_reload_cannot_apply_rolls_the_pods(key: str) -> None:
     """Every setting the proxy ignores on reload either changes the pods'
@@ -252,6 +302,7 @@ BAD_VALUES = [
     ({"mode": "canary"}, "/mode"),
     ({**SIDECAR, "replicas": 3}, "additional properties 'replicas' not allowed"),
     ({"legacy": {"image": {"repository": ""}}}, "/legacy/image/repository"),
+    ({"legacy": {"image": {"repository": "orders"}}}, "/legacy/image/tag"),
     ({"mode": "standalone"}, "/legacy/url"),
     ({**STANDALONE, "legacy": {"url": "orders:8000"}}, "/legacy/url"),
     ({**SIDECAR, "agent": {"url": "agent"}}, "/agent/url"),
@@ -279,6 +330,11 @@ def test_bad_values_are_rejected_naming_the_field(values: dict[str, Any], where:
         (merged(SIDECAR, legacy={"port": 8080}), "legacy.port must differ"),
         (merged(SIDECAR, proxy={"adminPort": 8080}), "proxy.port and proxy.adminPort must differ"),
         (merged(SIDECAR, adminToken={"value": "a", "existingSecret": "b"}), "not both"),
+        (merged(SIDECAR, state={"existingClaim": "pvc"}), "replicaCount 1 and no autoscaling"),
+        (
+            merged(SIDECAR, routeOverrides={"al": {"shadow": {"percent": 5}}}),
+            "routeOverrides names routes that config.routes does not have: al",
+        ),
     ],
 )
 def test_contradictory_values_fail_to_render_with_a_reason(
@@ -329,6 +385,9 @@ def test_a_parent_chart_can_embed_the_sidecar_with_the_named_templates(tmp_path:
     ]  # fmt: skip
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     assert [c["name"] for c in pod["containers"]] == ["orders", "shadow-proxy"]
+    proxy_port = next(p for p in pod["containers"][1]["ports"] if p["name"] == "http")
+    [service_port] = one(docs, "Service")["spec"]["ports"]
+    assert service_port["targetPort"] == proxy_port["containerPort"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert (
         volumes["shadow-proxy-config"]["configMap"]["name"]

@@ -115,9 +115,10 @@ def test_the_dockerfile_runs_the_way_the_helm_chart_expects() -> None:
 
     uid, gid = runtime.last("USER").args.split(":")
     assert (int(uid), int(gid)) == (
-        pod["securityContext"]["runAsUser"],
-        pod["securityContext"]["runAsGroup"],
+        container["securityContext"]["runAsUser"],
+        container["securityContext"]["runAsGroup"],
     )
+    assert pod["securityContext"]["fsGroup"] == int(gid)  # the state volume is writable
     assert runtime.last("ENTRYPOINT").exec_form() == ["shadow-proxy"]
     cmd = runtime.last("CMD").exec_form()
     assert cmd == container["args"] == ["run", "--config", "/etc/shadow-proxy/proxy.yaml"]

@@ -32,6 +32,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service | default "Helm" }}
 app.kubernetes.io/part-of: shadow-proxy
 {{- end }}
 
+{{- define "shadow-proxy.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- .Values.serviceAccount.name | default (include "shadow-proxy.fullname" .) }}
+{{- else }}
+{{- .Values.serviceAccount.name | default "default" }}
+{{- end }}
+{{- end }}
+
 {{- define "shadow-proxy.image" -}}
 {{- printf "%s:%s" .Values.image.repository .Values.image.tag }}
 {{- end }}
@@ -62,7 +70,26 @@ over it (listeners, backend URLs, token file, state file).
 {{- if not .Values.adminToken.enabled }}
 {{- $_ := unset $owned.admin "token_file" }}
 {{- end }}
-{{- toYaml (mustMergeOverwrite (deepCopy (.Values.config | default dict)) $owned) }}
+{{- $cfg := mustMergeOverwrite (deepCopy (.Values.config | default dict)) $owned }}
+{{- /* routeOverrides: per-route changes by name, so `--set` can change one
+       route's split (Helm replaces lists whole, so routes[0] cannot be set alone). */}}
+{{- $overrides := deepCopy (.Values.routeOverrides | default dict) }}
+{{- $routes := list }}
+{{- range ($cfg.routes | default list) }}
+{{- $route := deepCopy . }}
+{{- if hasKey $overrides $route.name }}
+{{- $route = mustMergeOverwrite $route (get $overrides $route.name) }}
+{{- $_ := unset $overrides $route.name }}
+{{- end }}
+{{- $routes = append $routes $route }}
+{{- end }}
+{{- if $overrides }}
+{{- fail (printf "routeOverrides names routes that config.routes does not have: %s" (keys $overrides | sortAlpha | join ", ")) }}
+{{- end }}
+{{- if $cfg.routes }}
+{{- $_ := set $cfg "routes" $routes }}
+{{- end }}
+{{- toYaml $cfg }}
 {{- end }}
 
 {{/*
@@ -122,11 +149,14 @@ a dependency, to put the proxy into the parent's own pod:
       path: /readyz
       port: admin
     periodSeconds: 2
-    failureThreshold: 1
+    timeoutSeconds: 2
+    failureThreshold: 2
+  {{- if .Values.drain.preStopSeconds }}
   lifecycle:
     preStop:
       sleep:
         seconds: {{ .Values.drain.preStopSeconds }}
+  {{- end }}
   resources:
     {{- toYaml .Values.proxy.resources | nindent 4 }}
   securityContext:

@@ -89,7 +89,7 @@ class AgentPath:
         self._tasks = tasks
         self._rng = rng or random.Random()
         self._parallel = 0
-        self._max_parallel = max_parallel  # legacy calls alongside the agent, all routes
+        self.max_parallel = max_parallel  # legacy calls alongside the agent, all routes
 
     async def serve(
         self,
@@ -156,7 +156,7 @@ class AgentPath:
         Bounded like shadow work: at the bound, the request goes without it."""
         if rt.autonomous:
             return None
-        if self._parallel >= self._max_parallel:
+        if self._parallel >= self.max_parallel:
             self._metrics.shadow(route.name, ShadowOutcome.DROPPED_INFLIGHT)
             return None
         self._parallel += 1

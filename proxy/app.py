@@ -112,6 +112,8 @@ class Core:
         if self.handler is not None:
             self.handler.routing = self.routing
             self.handler.force_header = effective.routing.force_header
+            if self.handler.agent is not None:  # bounded by the same shadow.max_in_flight
+                self.handler.agent.max_parallel = effective.shadow.max_in_flight
         self.controller.publish_all()
         self.controller.save()
         return ignored

@@ -14,6 +14,7 @@ from conftest import Proxy, ProxyFactory
 from fakes import Fake, Reply, dead_url, stalled_client
 
 from proxy.app import CORE, TASKS
+from proxy.settings import settings_from
 
 LEGACY_BODY = b'{"from": "legacy", "confidence": 1}'
 AGENT_BODY = b'{"from": "agent", "confidence": 0.9}'
@@ -636,3 +637,10 @@ async def test_legacy_calls_alongside_the_agent_are_bounded_and_counted(
     )
     assert dropped == 3
     assert len(legacy.seen) == 1
+
+    # A reloaded config raises the bound for the agent path too, not only for shadows.
+    cfg["shadow"] = {"max_in_flight": 8}
+    proxy.client.app[CORE].apply(settings_from(cfg))
+    await asyncio.gather(*(proxy.client.get("/api/x") for _ in range(4)))
+    await settle(proxy)
+    assert len(legacy.seen) == 5

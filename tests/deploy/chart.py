@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,17 @@ STANDALONE: dict[str, Any] = {
     "mode": "standalone",
     "legacy": {"url": "http://orders-legacy.shop.svc.cluster.local:8000"},
 }
+
+
+def merged(base: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """A deep copy of ``base`` with ``extra`` laid over it, key by key."""
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], **value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def render(values: dict[str, Any] | None = None) -> dict[str, str]:

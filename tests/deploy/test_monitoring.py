@@ -53,10 +53,7 @@ MODES = {"sidecar": chart.SIDECAR, "standalone": chart.STANDALONE}
 
 
 def values(base: dict[str, Any], monitoring: dict[str, Any] | None = None) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    if monitoring is not None:
-        merged["monitoring"] = copy.deepcopy(monitoring)
-    return merged
+    return chart.merged(base) if monitoring is None else chart.merged(base, monitoring=monitoring)
 
 
 def monitoring_objects(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

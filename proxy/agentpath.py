@@ -18,13 +18,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from time import perf_counter
 
-import aiohttp
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.capture import BodyCapture
 from proxy.downstream import ClientGoneError, Downstream, cut_off
+from proxy.errors import UpstreamError
 from proxy.evidence import Evidence, Exchange
 from proxy.fallback import FallbackReason, check, classify_failure
 from proxy.headers import REQUEST_ID, lowered, to_client
@@ -261,7 +261,7 @@ class AgentPath:
                 request.method, request.raw_path, headers, body or None, timeout=timeout
             ) as response:
                 capture = BodyCapture(limit)
-                async for chunk in response.content.iter_any():
+                async for chunk in response.chunks():
                     if not capture.feed(chunk):
                         break
                 latency = perf_counter() - start
@@ -312,12 +312,12 @@ class AgentPath:
                 head = web.StreamResponse(status=up.status, reason=up.reason)
                 head.headers.extend(to_client(up.headers))
                 head.headers[SERVED_BY] = AGENT
-                await client.send(head.prepare(request))
+                await client.head(head.prepare(request))
                 response = head  # committed: no fallback from here on
                 self._metrics.request(route.name, AGENT, up.status)
                 rt.window.served(False, time.monotonic())
                 copy = BodyCapture(route.capture_limit)
-                async for chunk in up.content.iter_any():
+                async for chunk in up.chunks():
                     copy.feed(chunk)
                     await client.send(response.write(chunk))
                 await client.send(response.write_eof())
@@ -333,7 +333,7 @@ class AgentPath:
             if legacy_call is not None:
                 legacy_call.cancel()
             return response or web.Response(status=499)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        except (UpstreamError, TimeoutError, OSError, ValueError) as exc:
             failure = self.agent.failure(exc)
             if response is not None and failure.kind == "timeout" and client.waited >= 1.0:
                 # The agent's clock ran while a slow client held us up: not its failure.

@@ -31,6 +31,14 @@ class Downstream:
         self.timeout = timeout
         self.waited = 0.0
 
+    async def head(self, prepare: Awaitable[Any]) -> None:
+        """Send the response head. aiohttp queues it without waiting for the
+        client to read, so only a closed connection can fail it: no timer."""
+        try:
+            await prepare
+        except ConnectionError as exc:
+            raise ClientGoneError from exc
+
     async def send(self, write: Awaitable[Any]) -> None:
         started = perf_counter()
         try:

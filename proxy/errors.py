@@ -23,3 +23,30 @@ class BodyTooLargeError(Exception):
         self.limit = limit
         self.prefix = prefix  # what was read before the limit was passed
         super().__init__(f"request body exceeds {limit} bytes")
+
+
+class UpstreamError(Exception):
+    """A backend exchange failed; ``proxy.upstream.failure_of`` tells the kinds apart."""
+
+
+class ConnectError(UpstreamError):
+    """The TCP (or TLS) connection to the backend could not be made."""
+
+    def __init__(self, os_error: OSError) -> None:
+        self.os_error = os_error
+        super().__init__(f"cannot connect: {os_error}")
+
+
+class ConnectTimeoutError(UpstreamError):
+    """Connecting took longer than the backend's connect timeout."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"connect timed out after {timeout:g}s")
+
+
+class DisconnectedError(UpstreamError):
+    """The backend closed the connection before its answer ended."""
+
+
+class InvalidResponseError(UpstreamError):
+    """The backend's bytes are not a valid HTTP/1.1 response."""

@@ -21,9 +21,10 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.agentpath import FALLBACK_REASON, SERVED_BY, AgentPath
+from proxy.call import Call
 from proxy.capture import BodyCapture
 from proxy.downstream import ClientGoneError, Downstream, cut_off
-from proxy.errors import BodyTooLargeError
+from proxy.errors import BodyTooLargeError, UpstreamError
 from proxy.headers import lowered, to_client, to_upstream
 from proxy.metrics import Metrics
 from proxy.replies import error_response, failure_response
@@ -176,14 +177,19 @@ class LiveHandler:
         try:
             async with self.legacy.request(request.method, request.raw_path, headers, body) as up:
                 received = perf_counter()
-                head = _response_for(up)
+                whole = up.whole_body()
+                head = _response_for(up, whole)
                 if extra is not None:
                     head.headers.update(extra)
-                await client.send(head.prepare(request))
+                await client.head(head.prepare(request))
                 response = head  # from here on, the client has seen a status
                 self.metrics.overhead(name, (sent - start) + (perf_counter() - received))
                 self.metrics.request(name, LEGACY, up.status)
-                await _pump(up, response, client, job, sent)
+                if whole is None:
+                    await _pump(up, response, client, job, sent)
+                elif job is not None:
+                    kept = whole if len(whole) <= job.route.capture_limit else None
+                    _observe(job, up, kept, sent)
                 self.metrics.upstream(name, LEGACY, Mode.LIVE, perf_counter() - sent)
                 await client.send(response.write_eof())
                 return response
@@ -193,7 +199,8 @@ class LiveHandler:
         except (
             ClientGoneError,
             BodyTooLargeError,
-            aiohttp.ClientError,
+            UpstreamError,
+            TimeoutError,
             OSError,
             ValueError,
         ) as exc:
@@ -242,10 +249,17 @@ class LiveHandler:
         return self._reject(route, 413, "payload_too_large", reason, "body_too_large")
 
 
-def _response_for(up: aiohttp.ClientResponse) -> web.StreamResponse:
-    """The client's response head; a header aiohttp will not send is legacy's fault."""
-    response = web.StreamResponse(status=up.status, reason=up.reason)
-    response.headers.extend(to_client(up.headers))
+def _response_for(up: Call, whole: bytes | None) -> web.StreamResponse:
+    """The client's response: whole (head and body in one write) when the body
+    has already arrived, else streamed. A header aiohttp will not send is
+    legacy's fault."""
+    if whole is not None:
+        response: web.StreamResponse = web.Response(
+            status=up.status, reason=up.reason, headers=to_client(up.headers), body=whole
+        )
+    else:
+        response = web.StreamResponse(status=up.status, reason=up.reason)
+        response.headers.extend(to_client(up.headers))
     response.headers[SERVED_BY] = LEGACY
     return response
 
@@ -299,7 +313,7 @@ async def _request_body(
 
 
 async def _pump(
-    upstream: aiohttp.ClientResponse,
+    upstream: Call,
     response: web.StreamResponse,
     client: Downstream,
     job: ShadowJob | None,
@@ -307,7 +321,7 @@ async def _pump(
 ) -> None:
     """Copy the upstream body to the client; keep a bounded copy for the shadow."""
     copy = BodyCapture(job.route.capture_limit) if job is not None else None
-    async for chunk in upstream.content.iter_any():
+    async for chunk in upstream.chunks():
         if copy is not None and not copy.feed(chunk):
             copy = None  # too large to compare: free the shadow task now
             _observe(job, upstream, None, sent)
@@ -316,9 +330,7 @@ async def _pump(
         _observe(job, upstream, copy.value(), sent)
 
 
-def _observe(
-    job: ShadowJob | None, up: aiohttp.ClientResponse, body: bytes | None, sent: float
-) -> None:
+def _observe(job: ShadowJob | None, up: Call, body: bytes | None, sent: float) -> None:
     if job is not None and not job.live.done():
         observation = Observation(
             LEGACY, up.status, lowered(up.headers), body, perf_counter() - sent

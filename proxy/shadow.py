@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-import secrets
+import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from time import perf_counter
+from typing import TypeVar
 
 import structlog
 from asyncio_throttle.throttler import Throttler
@@ -32,6 +33,8 @@ from proxy.settings import ShadowSettings
 from proxy.tasks import TaskSet
 from proxy.types import AGENT, LEGACY, Mode, Observation, ShadowOutcome
 from proxy.upstream import Upstream
+
+T = TypeVar("T")
 
 log = structlog.get_logger("proxy.shadow")
 
@@ -146,7 +149,7 @@ class Shadow:
 
         request_id = upstream_headers.get(REQUEST_ID)
         if request_id is None:  # both backends see the same id, so their logs join
-            request_id = upstream_headers[REQUEST_ID] = secrets.token_hex(8)
+            request_id = upstream_headers[REQUEST_ID] = f"{random.getrandbits(64):016x}"
         loop = asyncio.get_running_loop()
         job = ShadowJob(
             route=route,
@@ -178,10 +181,8 @@ class Shadow:
     async def _run(self, job: ShadowJob) -> None:
         name = job.route.name
         deadline = asyncio.get_running_loop().time() + self._live_wait
-        try:
-            async with asyncio.timeout_at(deadline):
-                body = await job.body
-        except TimeoutError:
+        body = await _within(job.body, deadline)
+        if body is None:
             body = ShadowOutcome.CANCELLED
         if isinstance(body, ShadowOutcome):
             self._metrics.shadow(name, body)
@@ -193,10 +194,8 @@ class Shadow:
             return
         self._metrics.shadow(name, ShadowOutcome.SENT)
         agent = await self._call_agent(job, body)
-        try:
-            async with asyncio.timeout_at(deadline):
-                live = await job.live
-        except TimeoutError:
+        live = await _within(job.live, deadline)
+        if live is None:
             live = Observation(LEGACY, error=f"still running after {self._live_wait:g}s")
         runtime = job.runtime
         if runtime is not None and live.error is None:
@@ -217,7 +216,7 @@ class Shadow:
                 job.method, job.raw_path, job.headers, body or None, timeout=self._timeout
             ) as response:
                 capture = BodyCapture(self.capture_limit)
-                async for chunk in response.content.iter_any():
+                async for chunk in response.chunks():
                     if not capture.feed(chunk):
                         break  # over the limit: stop reading, the comparison is skipped
                 latency = perf_counter() - start
@@ -247,6 +246,17 @@ class Shadow:
             ok = observation.status < 500
             job.runtime.agent_result(ok, latency if ok else None, time.monotonic())
         return observation
+
+
+async def _within(future: asyncio.Future[T], deadline: float) -> T | None:
+    """The future's result, or None past the deadline (no timer when it is done)."""
+    if future.done():
+        return future.result()
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await future
+    except TimeoutError:
+        return None
 
 
 def _over_capture(observation: Observation) -> bool:

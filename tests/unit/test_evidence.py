@@ -5,12 +5,13 @@ from __future__ import annotations
 import gzip
 import zlib
 
-import aiohttp
 import pytest
 
 from comparators import Verdict, build
 from proxy.evidence import MAX_INFLATED_BYTES, decoded, judge
 from proxy.types import Observation
+from proxy.call import Timeout
+from proxy.errors import ConnectTimeoutError
 from proxy.upstream import failure_of
 
 JSON = [build("status", {}), build("json", {})]
@@ -47,8 +48,6 @@ def test_a_compression_bomb_stops_at_the_inflate_limit() -> None:
 
 def test_a_connect_timeout_is_a_connect_failure_so_nothing_was_sent() -> None:
     """Retries and fallback rely on this: only 'connect' proves the agent never got it."""
-    failure = failure_of(
-        aiohttp.ConnectionTimeoutError("slow"), "agent", aiohttp.ClientTimeout(5, sock_connect=1)
-    )
+    failure = failure_of(ConnectTimeoutError(1), "agent", Timeout(total=5, connect=1))
     assert (failure.kind, failure.status) == ("connect", 504)
     assert failure.reason == "agent: connect timed out after 1s"

@@ -112,7 +112,7 @@ class Call:
     async def _send(self, deadline: float, fresh: bool) -> None:
         pool = self._pool
         loop = asyncio.get_running_loop()
-        conn = None if fresh else pool.take_idle(loop.time())
+        conn = None if fresh else pool.take_idle_now(loop.time())
         if conn is None:
             async with asyncio.timeout_at(deadline):
                 conn = await pool.acquire(fresh)

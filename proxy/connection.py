@@ -56,6 +56,7 @@ class Connection(asyncio.Protocol):
         self._keep_alive = False  # read with the head: llhttp forgets it at the end
         self._head_only = head_only
         self._head_size = 0
+        self._head_bytes = 0  # raw bytes received while the head is still pending
         self._head_done: asyncio.Future[None] | None = None
         self._framed = False  # Content-Length or chunked: EOF before the end is a cut
         self._error: BaseException | None = None
@@ -124,12 +125,7 @@ class Connection(asyncio.Protocol):
     @property
     def reusable(self) -> bool:
         """The exchange ended cleanly and both sides want to keep the connection."""
-        return (
-            self.complete
-            and self._error is None
-            and not self.lost
-            and self._keep_alive
-        )
+        return self.complete and self._error is None and not self.lost and self._keep_alive
 
     def abort(self, error: BaseException) -> None:
         """End the exchange with ``error`` (a timeout, a failed upload) and close."""
@@ -153,6 +149,9 @@ class Connection(asyncio.Protocol):
             self.close()
             return
         self.received = True
+        head_pending = not self._head_done.done()
+        if head_pending:
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -164,6 +163,10 @@ class Connection(asyncio.Protocol):
             self.close()
         except httptools.HttpParserError as exc:
             self._fail(InvalidResponseError(f"invalid HTTP response: {exc}"))
+            self.close()
+        if head_pending and self._head_bytes > MAX_HEAD and not self._head_done.done():
+            # llhttp hands over a header only once it ends: bound the unfinished one here
+            self._fail(InvalidResponseError(f"response head larger than {MAX_HEAD} bytes"))
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -187,11 +190,17 @@ class Connection(asyncio.Protocol):
 
     # -- httptools callbacks ------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second answer in the same packet: nobody asked for it
+            raise InvalidResponseError("data after the response ended")
+
     def on_status(self, reason: bytes) -> None:
         self._grow(len(reason))
         self.reason = reason.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.status:
+            return  # a chunked trailer: the head has gone to the caller already
         self._grow(len(name) + len(value) + 4)
         self.headers.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
 
@@ -225,6 +234,11 @@ class Connection(asyncio.Protocol):
             self._head_size = 0
             return
         self._finish()
+        if self._read_paused and self.transport is not None:
+            # All of it is here: listen again, so a close or stray bytes are noticed
+            # while the answer is read and while the connection idles in the pool.
+            self._read_paused = False
+            self.transport.resume_reading()
 
     # -- internals -----------------------------------------------------------
 

@@ -49,6 +49,10 @@ class Pool:
     def idle(self) -> int:
         return len(self._idle)
 
+    def take_idle_now(self, now: float) -> Connection | None:
+        """An idle connection without waiting, unless others queue for one first."""
+        return None if self._waiters else self.take_idle(now)
+
     def take_idle(self, now: float) -> Connection | None:
         """A live idle connection, if there is one; stale ones are closed on the way."""
         idle = self._idle
@@ -67,8 +71,10 @@ class Pool:
         The caller bounds the wait; cancelled, it leaves the queue cleanly.
         """
         loop = asyncio.get_running_loop()
+        woken = False  # once woken, this request is first in line
         while True:
-            if not fresh and (conn := self.take_idle(loop.time())) is not None:
+            take = self.take_idle if woken else self.take_idle_now
+            if not fresh and (conn := take(loop.time())) is not None:
                 return conn
             if self.open < self.limit:
                 return await self._connect()
@@ -79,6 +85,7 @@ class Pool:
             self._waiters.append(waiter)
             try:
                 await waiter
+                woken = True
             except BaseException:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)

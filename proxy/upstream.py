@@ -5,6 +5,8 @@ to what a proxy answers (502 or 504) — like httpx's ``map_httpcore_exceptions`
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import ssl
 
 from multidict import CIMultiDict
@@ -108,7 +110,7 @@ class Upstream:
             if data or method not in _BODILESS:
                 lines.append(f"Content-Length: {len(data)}\r\n")
         elif data is not None:
-            if length is not None and length.isdigit():
+            if length is not None and length.isascii() and length.isdigit():
                 lines.append(f"Content-Length: {length}\r\n")
             else:
                 lines.append("Transfer-Encoding: chunked\r\n")
@@ -138,7 +140,11 @@ def failure_of(exc: BaseException, backend: str, timeout: Timeout) -> Failure:
         reason = f"{backend}: no complete answer within {timeout.total:g}s"
         return Failure("timeout", 504, reason, detail)
     if isinstance(exc, ConnectError):
-        cause = (exc.os_error.strerror or type(exc.os_error).__name__).lower()
+        error, code = exc.os_error, exc.os_error.errno
+        cause = error.strerror or type(error).__name__
+        if code is not None and code in errno.errorcode and not isinstance(error, ssl.SSLError):
+            cause = os.strerror(code)  # asyncio's own strerror names the address
+        cause = cause.lower()
         return Failure("connect", 502, f"{backend}: cannot connect: {cause}", detail)
     if isinstance(exc, DisconnectedError):
         reason = f"{backend}: connection closed before the answer ended"

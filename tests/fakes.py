@@ -8,7 +8,8 @@ import asyncio
 import contextlib
 import hashlib
 import socket
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -217,3 +218,137 @@ async def stalled_client(port: int, path: str) -> AsyncIterator[None]:
         yield
     finally:
         writer.close()
+
+
+@dataclass
+class RawRequest:
+    """One request as it reached a :class:`RawServer`, its body de-chunked."""
+
+    head: bytes  # request line and headers, without the blank line
+    body: bytes
+    chunked: bool  # the body came with Transfer-Encoding: chunked
+    connection: int  # which accepted connection (0, 1, ...) carried it
+
+    @property
+    def request_line(self) -> str:
+        return self.head.split(b"\r\n", 1)[0].decode()
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        lines = self.head.decode("latin-1").split("\r\n")[1:]
+        return [(n, v.strip()) for n, _, v in (line.partition(":") for line in lines)]
+
+    def header(self, name: str) -> list[str]:
+        return [v for n, v in self.headers if n.lower() == name.lower()]
+
+
+class RawConn:
+    """The server's side of one accepted connection, for a handler to script."""
+
+    def __init__(
+        self, server: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.server = server
+        self.index = len(server.connections)
+        self.reader = reader
+        self.writer = writer
+        self.client_closed = asyncio.Event()  # the client closed its side
+
+    async def request(self) -> RawRequest | None:
+        """The next request, body included; None once the client closed."""
+        try:
+            head = (await self.reader.readuntil(b"\r\n\r\n"))[:-4]
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.client_closed.set()
+            return None
+        request = RawRequest(head, b"", False, self.index)
+        if request.header("transfer-encoding"):
+            request.chunked = True
+            request.body = await self._chunked()
+        elif length := request.header("content-length"):
+            request.body = await self.reader.readexactly(int(length[0]))
+        self.server.requests.append(request)
+        self.server.arrived.set()
+        return request
+
+    async def head_only(self) -> RawRequest:
+        """The next request's head, leaving its body unread."""
+        head = (await self.reader.readuntil(b"\r\n\r\n"))[:-4]
+        request = RawRequest(head, b"", False, self.index)
+        self.server.requests.append(request)
+        self.server.arrived.set()
+        return request
+
+    async def until_closed(self) -> bytes:
+        """Read (and return) whatever else comes until the client closes."""
+        rest = bytearray()
+        with contextlib.suppress(ConnectionError):
+            while data := await self.reader.read(65536):
+                rest += data
+        self.client_closed.set()
+        return bytes(rest)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    def close(self) -> None:
+        self.writer.close()
+
+    async def _chunked(self) -> bytes:
+        body = bytearray()
+        while size := int((await self.reader.readuntil(b"\r\n"))[:-2], 16):
+            body += await self.reader.readexactly(size)
+            await self.reader.readexactly(2)
+        await self.reader.readexactly(2)  # no trailers: the last CRLF
+        return bytes(body)
+
+
+Handler = Callable[[RawConn], Awaitable[None]]
+
+
+class RawServer:
+    """A TCP server on 127.0.0.1:0 that runs ``handler`` once per accepted
+    connection and closes it when the handler returns: for exact bytes no
+    well-behaved HTTP library would send, and to count connections."""
+
+    def __init__(self, handler: Handler, tls: ssl.SSLContext | None = None) -> None:
+        self.handler = handler
+        self.tls = tls
+        self.url = ""
+        self.port = 0
+        self.connections: list[RawConn] = []
+        self.requests: list[RawRequest] = []
+        self.arrived = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> RawServer:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0, ssl=self.tls)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for conn in self.connections:
+            conn.writer.close()
+        await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = RawConn(self, reader, writer)
+        self.connections.append(conn)
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self.handler(conn)
+        except (ConnectionError, asyncio.CancelledError):
+            pass  # the top of the server's task: asyncio logs a cancelled one as an error
+        finally:
+            writer.close()
+            self._tasks.discard(task)

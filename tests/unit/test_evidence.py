@@ -8,10 +8,10 @@ import zlib
 import pytest
 
 from comparators import Verdict, build
-from proxy.evidence import MAX_INFLATED_BYTES, decoded, judge
-from proxy.types import Observation
 from proxy.call import Timeout
 from proxy.errors import ConnectTimeoutError
+from proxy.evidence import MAX_INFLATED_BYTES, decoded, judge
+from proxy.types import Observation
 from proxy.upstream import failure_of
 
 JSON = [build("status", {}), build("json", {})]

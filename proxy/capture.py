@@ -7,12 +7,40 @@ bytes themselves keep flowing to their destination untouched.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 
-class BodyCapture:
-    __slots__ = ("_chunks", "_size", "complete", "limit", "overflow")
+
+class CaptureBudget:
+    """Bytes held for comparison by every shadow job together.
+
+    One body is bounded by the capture limit; this bounds their sum, so a
+    burst of large answers (or a slow agent holding many jobs open) cannot
+    grow the proxy's memory with the traffic.
+    """
+
+    __slots__ = ("limit", "used")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self.used = 0
+
+    def take(self, size: int) -> bool:
+        if self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.used -= size
+
+
+class BodyCapture:
+    __slots__ = ("_chunks", "_hold", "_size", "complete", "limit", "overflow")
+
+    def __init__(self, limit: int, hold: Callable[[int], bool] | None = None) -> None:
+        """``hold(n)`` asks a budget for ``n`` more bytes; refused, the copy is dropped."""
+        self.limit = limit
+        self._hold = hold
         self._chunks: list[bytes] = []
         self._size = 0
         self.overflow = False
@@ -23,7 +51,7 @@ class BodyCapture:
         if self.overflow:
             return False
         self._size += len(chunk)
-        if self._size > self.limit:
+        if self._size > self.limit or (self._hold is not None and not self._hold(len(chunk))):
             self.overflow = True
             self._chunks.clear()
             return False

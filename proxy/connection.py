@@ -22,7 +22,7 @@ from proxy.errors import DisconnectedError, InvalidResponseError
 # Body bytes buffered before reading from the backend pauses; it resumes
 # below the low mark. A slow client therefore slows the backend, and the
 # proxy never holds more than this per exchange.
-HIGH_WATER = 256 * 1024
+HIGH_WATER = 64 * 1024
 LOW_WATER = HIGH_WATER // 4
 # The response head's size limit (status line plus headers), like nginx's
 # proxy buffer: a backend sending more is broken, not something to forward.

@@ -11,6 +11,7 @@ import asyncio
 import time
 import zlib
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import structlog
@@ -26,8 +27,15 @@ from proxy.window import EvidenceWindow
 log = structlog.get_logger("proxy.evidence")
 
 # Bodies above this are compared on a worker thread so the loop keeps serving
-# (about 0.5 ms of diffing for 16 KiB of JSON).
+# (about 0.5 ms of diffing for 16 KiB of JSON). A 1 MB document takes tens of
+# milliseconds to parse and walk, holding the GIL all the while, so large
+# comparisons run one at a time and use at most LARGE_COMPARE_SHARE of the
+# time: after one that took t seconds the lane rests t * (1/share - 1). A
+# large pair arriving while the lane is busy or resting is skipped (and
+# counted), never queued: the live path keeps the rest of the CPU.
 INLINE_COMPARE_BYTES = 16 * 1024
+LARGE_COMPARE_SHARE = 0.25
+BUSY = "large comparisons are at their CPU share (one at a time, 25% of the time)"
 # A compressed body is inflated for comparison up to this size (bombs stop here).
 MAX_INFLATED_BYTES = 16 * 1024 * 1024
 
@@ -63,8 +71,34 @@ def decoded(observation: Observation) -> Observation | str:
     return replace(observation, body=body)
 
 
+class Lane:
+    """The one worker thread for large comparisons, and its rest.
+
+    Its own thread, not the loop's default pool: every thread that allocates
+    gets its own malloc arena, and a parsed 1 MB document left behind in
+    several of them is memory the process never gets back.
+    """
+
+    __slots__ = ("busy", "executor", "rest_until")
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.rest_until = 0.0
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="compare")
+
+    def free(self, now: float) -> bool:
+        return not self.busy and now >= self.rest_until
+
+    def ran(self, started: float, ended: float) -> None:
+        self.busy = False
+        self.rest_until = ended + (ended - started) * (1 / LARGE_COMPARE_SHARE - 1)
+
+
 async def judge(
-    comparators: Sequence[Comparator], live: Observation, agent: Observation
+    comparators: Sequence[Comparator],
+    live: Observation,
+    agent: Observation,
+    lane: Lane | None = None,
 ) -> Comparison:
     """Compare two answers; failures and oversize bodies are verdicts, not raises."""
     if live.error is not None:
@@ -87,13 +121,28 @@ async def judge(
     if len(legacy_sample.body) + len(agent_sample.body) <= INLINE_COMPARE_BYTES:
         return compare(comparators, legacy_sample, agent_sample)
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, compare, comparators, legacy_sample, agent_sample)
+    if lane is None:
+        return await loop.run_in_executor(None, compare, comparators, legacy_sample, agent_sample)
+    started = loop.time()
+    if not lane.free(started):
+        return Comparison.skipped(BUSY)
+    lane.busy = True
+    try:
+        return await loop.run_in_executor(
+            lane.executor, compare, comparators, legacy_sample, agent_sample
+        )
+    finally:
+        lane.ran(started, loop.time())
 
 
 class Evidence:
     def __init__(self, metrics: Metrics, logging: LoggingSettings) -> None:
         self._metrics = metrics
         self._logging = logging
+        self._lane = Lane()
+
+    def close(self) -> None:
+        self._lane.executor.shutdown(wait=False, cancel_futures=True)
 
     async def record(
         self,
@@ -103,7 +152,7 @@ class Evidence:
         agent: Observation,
         window: EvidenceWindow | None,
     ) -> Comparison:
-        result = await judge(comparators, live, agent)
+        result = await judge(comparators, live, agent, self._lane)
         self._metrics.comparison(exchange.route, result)
         if window is not None and result.verdict in (Verdict.MATCH, Verdict.MISMATCH):
             window.comparison(result.verdict is Verdict.MATCH, time.monotonic())

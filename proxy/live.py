@@ -188,7 +188,8 @@ class LiveHandler:
                 if whole is None:
                     await _pump(up, response, client, job, sent)
                 elif job is not None:
-                    kept = whole if len(whole) <= job.route.capture_limit else None
+                    fits = len(whole) <= job.route.capture_limit and job.hold(len(whole))
+                    kept = whole if fits else None
                     _observe(job, up, kept, sent)
                 self.metrics.upstream(name, LEGACY, Mode.LIVE, perf_counter() - sent)
                 await client.send(response.write_eof())
@@ -298,14 +299,14 @@ async def _request_body(
     content: aiohttp.StreamReader, limit: int, job: ShadowJob | None
 ) -> AsyncIterator[bytes]:
     """Stream the client's body upstream, enforcing the limit, copying for a shadow."""
-    capture = BodyCapture(job.route.capture_limit) if job is not None else None
+    capture = BodyCapture(job.route.capture_limit, job.hold) if job is not None else None
     size = 0
     async for chunk in _client_chunks(content):
         size += len(chunk)
         if size > limit:
             raise BodyTooLargeError(limit)
         if capture is not None and job is not None and not capture.feed(chunk):
-            _give_body(job, ShadowOutcome.SKIPPED_SIZE)
+            _give_body(job, job.too_large())
             capture = None
         yield chunk
     if capture is not None and job is not None:
@@ -320,7 +321,7 @@ async def _pump(
     sent: float,
 ) -> None:
     """Copy the upstream body to the client; keep a bounded copy for the shadow."""
-    copy = BodyCapture(job.route.capture_limit) if job is not None else None
+    copy = BodyCapture(job.route.capture_limit, job.hold) if job is not None else None
     async for chunk in upstream.chunks():
         if copy is not None and not copy.feed(chunk):
             copy = None  # too large to compare: free the shadow task now

@@ -216,6 +216,12 @@ class ShadowSettings(Model):
     capture_limit: ByteSize = Field(
         1024 * 1024, description="largest request or response body kept for comparison"
     )
+    max_capture_memory: ByteSize | None = Field(
+        None,
+        description="bodies held for comparison by all shadow requests together; "
+        "a request whose bodies do not fit is dropped (dropped_memory). "
+        "Default: 8 x capture_limit",
+    )
     add_headers: dict[str, str] = Field(default_factory=dict)
     drop_headers: tuple[str, ...] = ()
 
@@ -236,6 +242,21 @@ class ShadowSettings(Model):
             if not _TOKEN.match(name):
                 raise ValueError(f"{name!r} is not a valid header name")
         return value
+
+    @property
+    def capture_memory(self) -> int:
+        """The bound in force: the configured one, or eight bodies' worth."""
+        if self.max_capture_memory is None:
+            return 8 * self.capture_limit
+        return self.max_capture_memory
+
+    @model_validator(mode="after")
+    def _room_for_one(self) -> Self:
+        if self.max_capture_memory is not None and self.max_capture_memory < self.capture_limit:
+            raise ValueError(
+                "max_capture_memory must be at least capture_limit, or no large body fits"
+            )
+        return self
 
 
 class MetricsSettings(Model):

@@ -23,7 +23,7 @@ import structlog
 from asyncio_throttle.throttler import Throttler
 from multidict import CIMultiDict
 
-from proxy.capture import BodyCapture
+from proxy.capture import BodyCapture, CaptureBudget
 from proxy.evidence import Evidence, Exchange
 from proxy.headers import REQUEST_ID, lowered, to_shadow
 from proxy.metrics import Metrics
@@ -74,7 +74,22 @@ class ShadowJob:
     traceparent: str | None
     body: asyncio.Future[bytes | ShadowOutcome]  # the captured request body, or why not
     live: asyncio.Future[Observation]
+    budget: CaptureBudget
     runtime: RouteRuntime | None = None  # the route's breaker and evidence window
+    held: int = 0  # bytes taken from the budget, given back when the job ends
+    starved: bool = False  # the budget refused a capture
+
+    def hold(self, size: int) -> bool:
+        """Take ``size`` bytes of the shared capture budget for this job."""
+        if self.budget.take(size):
+            self.held += size
+            return True
+        self.starved = True
+        return False
+
+    def too_large(self) -> ShadowOutcome:
+        """Why a body could not be kept: its own size, or the memory bound."""
+        return ShadowOutcome.DROPPED_MEMORY if self.starved else ShadowOutcome.SKIPPED_SIZE
 
 
 class Shadow:
@@ -100,12 +115,14 @@ class Shadow:
         self._timeout = agent.timeout(settings.timeout)
         self._gates = {r.name: RateGate(r.rate_limit) for r in routes if r.rate_limit}
         self.in_flight = 0
+        self.budget = CaptureBudget(settings.capture_memory)
 
     def reconfigure(self, settings: ShadowSettings, routes: Sequence[CompiledRoute]) -> None:
         """A reloaded config: new bounds apply to new requests; rate gates of
         routes whose limit did not change keep their history."""
         self.settings = settings
         self.capture_limit = settings.capture_limit
+        self.budget.limit = settings.capture_memory
         self._timeout = self.agent.timeout(settings.timeout)
         gates = {}
         for r in routes:
@@ -162,6 +179,7 @@ class Shadow:
             traceparent=upstream_headers.get("traceparent"),
             body=loop.create_future(),
             live=loop.create_future(),
+            budget=self.budget,
             runtime=runtime,
         )
         self.in_flight += 1
@@ -169,14 +187,16 @@ class Shadow:
         task = self._tasks.spawn(self._run(job), name=f"shadow:{name}")
         # A callback, not a finally: a task cancelled before it ever ran
         # (at shutdown) must still give its slot back and be counted.
-        task.add_done_callback(lambda t: self._finished(name, t))
+        task.add_done_callback(lambda t: self._finished(job, t))
         return job
 
-    def _finished(self, route: str, task: asyncio.Task[None]) -> None:
+    def _finished(self, job: ShadowJob, task: asyncio.Task[None]) -> None:
         self.in_flight -= 1
         self._metrics.shadow_in_flight.set(self.in_flight)
+        job.budget.give(job.held)
+        job.held = 0
         if task.cancelled():
-            self._metrics.shadow(route, ShadowOutcome.CANCELLED)
+            self._metrics.shadow(job.route.name, ShadowOutcome.CANCELLED)
 
     async def _run(self, job: ShadowJob) -> None:
         name = job.route.name
@@ -206,7 +226,7 @@ class Shadow:
         window = runtime.window if runtime is not None else None
         await self._evidence.record(exchange, job.route.comparators, live, agent, window)
         if _over_capture(live) or _over_capture(agent):
-            self._metrics.shadow(name, ShadowOutcome.SKIPPED_SIZE)
+            self._metrics.shadow(name, job.too_large())
 
     async def _call_agent(self, job: ShadowJob, body: bytes) -> Observation:
         name = job.route.name
@@ -215,7 +235,7 @@ class Shadow:
             async with self.agent.request(
                 job.method, job.raw_path, job.headers, body or None, timeout=self._timeout
             ) as response:
-                capture = BodyCapture(self.capture_limit)
+                capture = BodyCapture(self.capture_limit, job.hold)
                 async for chunk in response.chunks():
                     if not capture.feed(chunk):
                         break  # over the limit: stop reading, the comparison is skipped

@@ -27,6 +27,7 @@ class ShadowOutcome(StrEnum):
     TIMEOUT = "timeout"
     DROPPED_INFLIGHT = "dropped_inflight"
     DROPPED_RATE = "dropped_rate"
+    DROPPED_MEMORY = "dropped_memory"  # shadow.max_capture_memory: bodies held at the bound
     SKIPPED_UNSAFE = "skipped_unsafe"
     SKIPPED_SIZE = "skipped_size"
     SKIPPED_SAMPLE = "skipped_sample"

@@ -2,8 +2,9 @@
 
 The client's response never waits on anything but legacy. Bodies stream in
 both directions; a copy is kept (bounded) only when a shadow job needs it,
-and the shadow gets the request body the moment the upload ends, so the agent
-works while legacy does. Upstream failures become a small JSON 502/504 naming
+and the shadow job gets it, with legacy's answer, as each ends; the agent is
+called only after legacy has answered, so its work never delays a live
+exchange. Upstream failures become a small JSON 502/504 naming
 the backend and the reason, never a stack trace; a client that leaves or
 stops reading is the client's doing, never counted against legacy.
 """
@@ -299,7 +300,9 @@ async def _request_body(
     content: aiohttp.StreamReader, limit: int, job: ShadowJob | None
 ) -> AsyncIterator[bytes]:
     """Stream the client's body upstream, enforcing the limit, copying for a shadow."""
-    capture = BodyCapture(job.route.capture_limit, job.hold) if job is not None else None
+    capture = (
+        BodyCapture(job.route.capture_limit, job.hold, job.release) if job is not None else None
+    )
     size = 0
     async for chunk in _client_chunks(content):
         size += len(chunk)
@@ -321,7 +324,7 @@ async def _pump(
     sent: float,
 ) -> None:
     """Copy the upstream body to the client; keep a bounded copy for the shadow."""
-    copy = BodyCapture(job.route.capture_limit, job.hold) if job is not None else None
+    copy = BodyCapture(job.route.capture_limit, job.hold, job.release) if job is not None else None
     async for chunk in upstream.chunks():
         if copy is not None and not copy.feed(chunk):
             copy = None  # too large to compare: free the shadow task now

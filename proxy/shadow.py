@@ -78,14 +78,23 @@ class ShadowJob:
     runtime: RouteRuntime | None = None  # the route's breaker and evidence window
     held: int = 0  # bytes taken from the budget, given back when the job ends
     starved: bool = False  # the budget refused a capture
+    ended: bool = False  # its task is done: nothing more is held for it
 
     def hold(self, size: int) -> bool:
         """Take ``size`` bytes of the shared capture budget for this job."""
+        if self.ended:  # no one would give them back
+            return False
         if self.budget.take(size):
             self.held += size
             return True
         self.starved = True
         return False
+
+    def release(self, size: int) -> None:
+        """Give back bytes of a copy that was dropped before the job ended."""
+        if not self.ended:  # else they went back with the rest when it ended
+            self.budget.give(size)
+            self.held -= size
 
     def too_large(self) -> ShadowOutcome:
         """Why a body could not be kept: its own size, or the memory bound."""
@@ -193,6 +202,7 @@ class Shadow:
     def _finished(self, job: ShadowJob, task: asyncio.Task[None]) -> None:
         self.in_flight -= 1
         self._metrics.shadow_in_flight.set(self.in_flight)
+        job.ended = True
         job.budget.give(job.held)
         job.held = 0
         if task.cancelled():
@@ -207,6 +217,12 @@ class Shadow:
         if isinstance(body, ShadowOutcome):
             self._metrics.shadow(name, body)
             return
+        # The agent is called once legacy has answered: its request, its
+        # response and the comparison then never take the loop from a live
+        # exchange still in progress (shadow work stays off the client's clock).
+        live = await _within(job.live, deadline)
+        if live is None:
+            live = Observation(LEGACY, error=f"still running after {self._live_wait:g}s")
         if job.runtime is not None and not job.runtime.agent_allowed(time.monotonic()):
             # Checked again at dispatch: half-open, a shadow may be one of the
             # probes (taking its slot, and always reporting back), or not go.
@@ -214,9 +230,6 @@ class Shadow:
             return
         self._metrics.shadow(name, ShadowOutcome.SENT)
         agent = await self._call_agent(job, body)
-        live = await _within(job.live, deadline)
-        if live is None:
-            live = Observation(LEGACY, error=f"still running after {self._live_wait:g}s")
         runtime = job.runtime
         if runtime is not None and live.error is None:
             runtime.window.legacy_call(live.latency, time.monotonic())
@@ -235,7 +248,7 @@ class Shadow:
             async with self.agent.request(
                 job.method, job.raw_path, job.headers, body or None, timeout=self._timeout
             ) as response:
-                capture = BodyCapture(self.capture_limit, job.hold)
+                capture = BodyCapture(self.capture_limit, job.hold, job.release)
                 async for chunk in response.chunks():
                     if not capture.feed(chunk):
                         break  # over the limit: stop reading, the comparison is skipped

@@ -35,12 +35,19 @@ class CaptureBudget:
 
 
 class BodyCapture:
-    __slots__ = ("_chunks", "_hold", "_size", "complete", "limit", "overflow")
+    __slots__ = ("_chunks", "_hold", "_release", "_size", "complete", "limit", "overflow")
 
-    def __init__(self, limit: int, hold: Callable[[int], bool] | None = None) -> None:
-        """``hold(n)`` asks a budget for ``n`` more bytes; refused, the copy is dropped."""
+    def __init__(
+        self,
+        limit: int,
+        hold: Callable[[int], bool] | None = None,
+        release: Callable[[int], None] | None = None,
+    ) -> None:
+        """``hold(n)`` asks a budget for ``n`` more bytes; refused, the copy is
+        dropped and what it held goes back through ``release``."""
         self.limit = limit
         self._hold = hold
+        self._release = release
         self._chunks: list[bytes] = []
         self._size = 0
         self.overflow = False
@@ -54,6 +61,8 @@ class BodyCapture:
         if self._size > self.limit or (self._hold is not None and not self._hold(len(chunk))):
             self.overflow = True
             self._chunks.clear()
+            if self._release is not None:
+                self._release(self._size - len(chunk))  # every chunk before this one was held
             return False
         self._chunks.append(chunk)
         return True

@@ -87,11 +87,32 @@ def route(**fields: Any) -> dict[str, Any]:
             "shadow.add_headers: 'Bad Name' is not a valid header name",
         ),
         ({**MINIMAL, "shadow": {"drop_headers": ["a:b"]}}, "shadow.drop_headers: 'a:b' is not"),
+        (
+            {**MINIMAL, "shadow": {"capture_limit": "64KiB", "max_capture_memory": "32KiB"}},
+            "shadow: max_capture_memory must be at least capture_limit, or no large body fits",
+        ),
     ],
 )
 def test_each_bad_value_names_its_field_and_reason(data: dict[str, Any], expected: str) -> None:
     found = problems(data)
     assert any(expected in p for p in found), found
+
+
+@pytest.mark.parametrize(
+    ("shadow", "configured", "in_force"),
+    [
+        ({}, None, 8 * 1024 * 1024),  # eight bodies of the default 1 MiB
+        ({"capture_limit": "64KiB"}, None, 512 * 1024),
+        ({"capture_limit": "64KiB", "max_capture_memory": "64KiB"}, 65536, 65536),
+        ({"capture_limit": "64KiB", "max_capture_memory": "1MiB"}, 1024**2, 1024**2),
+    ],
+)  # fmt: skip
+def test_capture_memory_defaults_to_eight_capture_limits(
+    shadow: dict[str, Any], configured: int | None, in_force: int
+) -> None:
+    settings = settings_from({**MINIMAL, "shadow": shadow}).shadow
+    assert settings.max_capture_memory == configured
+    assert settings.capture_memory == in_force
 
 
 def test_duplicate_route_names_are_refused() -> None:

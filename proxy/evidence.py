@@ -21,7 +21,7 @@ from proxy.headers import trace_id
 from proxy.logs import truncate
 from proxy.metrics import Metrics
 from proxy.settings import LoggingSettings
-from proxy.types import Observation
+from proxy.types import AGENT, Observation
 from proxy.window import EvidenceWindow
 
 log = structlog.get_logger("proxy.evidence")
@@ -153,6 +153,21 @@ class Evidence:
         window: EvidenceWindow | None,
     ) -> Comparison:
         result = await judge(comparators, live, agent, self._lane)
+        return self._recorded(exchange, live, agent, result, window)
+
+    def skip(self, exchange: Exchange, reason: str) -> Comparison:
+        """A comparison that cannot be made, known before the agent is called."""
+        none = Observation(AGENT)
+        return self._recorded(exchange, none, none, Comparison.skipped(reason), None)
+
+    def _recorded(
+        self,
+        exchange: Exchange,
+        live: Observation,
+        agent: Observation,
+        result: Comparison,
+        window: EvidenceWindow | None,
+    ) -> Comparison:
         self._metrics.comparison(exchange.route, result)
         if window is not None and result.verdict in (Verdict.MATCH, Verdict.MISMATCH):
             window.comparison(result.verdict is Verdict.MATCH, time.monotonic())

@@ -223,6 +223,14 @@ class Shadow:
         live = await _within(job.live, deadline)
         if live is None:
             live = Observation(LEGACY, error=f"still running after {self._live_wait:g}s")
+        exchange = Exchange(
+            name, job.request_id, job.traceparent, job.method, job.raw_path, served_by=LEGACY
+        )
+        if _over_capture(live):  # nothing to compare the agent's answer with: don't pay for it
+            outcome = job.too_large()
+            self._metrics.shadow(name, outcome)
+            self._evidence.skip(exchange, _NOT_KEPT[outcome])
+            return
         if job.runtime is not None and not job.runtime.agent_allowed(time.monotonic()):
             # Checked again at dispatch: half-open, a shadow may be one of the
             # probes (taking its slot, and always reporting back), or not go.
@@ -233,9 +241,6 @@ class Shadow:
         runtime = job.runtime
         if runtime is not None and live.error is None:
             runtime.window.legacy_call(live.latency, time.monotonic())
-        exchange = Exchange(
-            name, job.request_id, job.traceparent, job.method, job.raw_path, served_by=LEGACY
-        )
         window = runtime.window if runtime is not None else None
         await self._evidence.record(exchange, job.route.comparators, live, agent, window)
         if _over_capture(live) or _over_capture(agent):
@@ -290,6 +295,12 @@ async def _within(future: asyncio.Future[T], deadline: float) -> T | None:
             return await future
     except TimeoutError:
         return None
+
+
+_NOT_KEPT = {
+    ShadowOutcome.SKIPPED_SIZE: "legacy body exceeds the capture limit",
+    ShadowOutcome.DROPPED_MEMORY: "legacy body not kept: shadow.max_capture_memory is full",
+}
 
 
 def _over_capture(observation: Observation) -> bool:

@@ -39,6 +39,20 @@ def _parse(body: bytes) -> tuple[Any, str | None]:
         return None, str(exc)
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Equal documents, checked in C: agreeing answers (the common case once an
+    agent is good) skip the walk. ``==`` alone would take ``true`` for ``1``,
+    so equal trees are confirmed by their canonical serialization."""
+    try:
+        if a != b:
+            return False
+        return orjson.dumps(a, option=orjson.OPT_SORT_KEYS) == orjson.dumps(
+            b, option=orjson.OPT_SORT_KEYS
+        )
+    except (RecursionError, orjson.JSONEncodeError):  # too deep: the walk decides
+        return False
+
+
 @register
 @dataclass(frozen=True)
 class JsonComparator:
@@ -88,6 +102,8 @@ class JsonComparator:
             diff = Difference("$", DiffKind.TYPE, legacy_doc, f"<invalid JSON: {agent_error}>")
             reason = f"agent body is not JSON: {agent_error} ({preview(agent.body, 60)!r})"
             return Result(self.name, Verdict.MISMATCH, 0.0, (diff,), reason)
+        if _same(legacy_doc, agent_doc):
+            return Result(self.name, Verdict.MATCH, 1.0)
         try:
             outcome = self._differ.diff(legacy_doc, agent_doc)
         except (RecursionError, orjson.JSONEncodeError) as exc:

@@ -220,3 +220,29 @@ def test_deep_nested_unordered_arrays_are_an_error_result_not_an_exception() -> 
 def test_differences_are_difference_objects() -> None:
     """The json comparator speaks the shared contract types."""
     assert run({"a": 1}, {"a": 2}).differences == (Difference("$.a", C, 1, 2),)
+
+
+@pytest.mark.parametrize(
+    ("legacy", "agent"),
+    [
+        (b'{"a":1,"b":[true,{"c":null}]}', b'{"b": [true, {"c": null}], "a": 1}'),
+        (b'{"a":1}', b'{"a":1}'),
+    ],
+)
+def test_equal_documents_match_whole_in_any_key_order_or_spacing(
+    legacy: bytes, agent: bytes
+) -> None:
+    result = JsonComparator()(Sample(200, body=legacy), Sample(200, body=agent))
+    assert (result.verdict, result.score, result.differences) == (Verdict.MATCH, 1.0, ())
+
+
+@pytest.mark.parametrize(
+    ("legacy", "agent"),
+    [(b'{"a":[1,true]}', b'{"a":[true,1]}'), (b'{"a":{"b":1}}', b'{"a":{"b":true}}')],
+)
+def test_values_python_calls_equal_but_json_does_not_are_still_told_apart(
+    legacy: bytes, agent: bytes
+) -> None:
+    """Python's ``True == 1`` must not let the fast path call these the same."""
+    result = JsonComparator()(Sample(200, body=legacy), Sample(200, body=agent))
+    assert result.verdict is Verdict.MISMATCH

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -17,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from fakes import Fake, start_fake
 
-from proxy.app import build_metrics, create_app
+from proxy.app import TASKS, build_metrics, create_app
 from proxy.metrics import Metrics
 from proxy.settings import Settings, settings_from
 
@@ -48,6 +49,18 @@ class Proxy:
 
     def value(self, name: str, **labels: str) -> float:
         return metric_value(self.metrics.registry, name, **labels)
+
+    async def settle(self, within: float = 5.0) -> None:
+        """Wait until background work (shadows, parallel legacy calls, comparisons) is done."""
+        async with asyncio.timeout(within):
+            await self.client.app[TASKS].join()
+        assert self.value("shadow_proxy_shadow_in_flight") == 0
+
+    def outcome(self, name: str, route: str = "api") -> float:
+        return self.value("shadow_proxy_shadow_requests_total", route=route, outcome=name)
+
+    def verdict(self, name: str, route: str = "api") -> float:
+        return self.value("shadow_proxy_comparisons_total", route=route, verdict=name)
 
 
 ProxyFactory = Callable[..., Awaitable[Proxy]]

@@ -13,7 +13,7 @@ import pytest
 from conftest import Proxy, ProxyFactory
 from fakes import Fake, Reply, dead_url, stalled_client
 
-from proxy.app import CORE, TASKS
+from proxy.app import CORE
 from proxy.settings import settings_from
 
 LEGACY_BODY = b'{"from": "legacy", "confidence": 1}'
@@ -49,12 +49,6 @@ def config(
             }
         ],
     }
-
-
-async def settle(proxy: Proxy, within: float = 5.0) -> None:
-    """Wait until the parallel legacy calls and their comparisons are done."""
-    async with asyncio.timeout(within):
-        await proxy.client.app[TASKS].join()
 
 
 def fallbacks(proxy: Proxy, reason: str) -> float:
@@ -101,7 +95,7 @@ async def test_share_100_is_served_by_the_agent(
     assert response.headers["X-Served-By"] == "agent"
     assert "X-Fallback-Reason" not in response.headers
     assert served(proxy, "agent") == 1
-    await settle(proxy)
+    await proxy.settle()
 
 
 async def test_share_0_is_served_by_legacy_and_the_agent_is_not_called(
@@ -124,7 +118,7 @@ async def test_force_header_overrides_the_share_both_ways(
         response, got = await get(proxy, headers={"X-Backend": forced})
         assert response.headers["X-Served-By"] == forced
         assert got == body
-        await settle(proxy)
+        await proxy.settle()
 
 
 async def test_sticky_key_keeps_each_user_on_one_backend_at_50_percent(
@@ -136,7 +130,7 @@ async def test_sticky_key_keeps_each_user_on_one_backend_at_50_percent(
         for _ in range(3):
             response, _ = await get(proxy, headers={"X-User": user})
             backends.setdefault(user, set()).add(response.headers["X-Served-By"])
-    await settle(proxy)
+    await proxy.settle()
     assert all(len(seen) == 1 for seen in backends.values()), backends
     on_agent = sum(seen == {"agent"} for seen in backends.values())
     assert 5 <= on_agent <= 25  # about half of the users
@@ -150,7 +144,7 @@ async def test_agent_connection_refused_falls_back_with_reason_error(
 ) -> None:
     proxy = await make_proxy(**config(legacy, dead_url(), retries={"attempts": 1}))
     await assert_fell_back(proxy, "error")
-    await settle(proxy)
+    await proxy.settle()
 
 
 async def test_agent_slower_than_its_timeout_falls_back_with_reason_timeout(
@@ -159,7 +153,7 @@ async def test_agent_slower_than_its_timeout_falls_back_with_reason_timeout(
     agent.script = [Reply(delay=0.5)]
     proxy = await make_proxy(**config(legacy, agent, agent_timeout="150ms"))
     await assert_fell_back(proxy, "timeout")
-    await settle(proxy)
+    await proxy.settle()
 
 
 async def test_agent_5xx_falls_back_with_reason_status(
@@ -168,7 +162,7 @@ async def test_agent_5xx_falls_back_with_reason_status(
     agent.status = 500
     proxy = await make_proxy(**config(legacy, agent))
     await assert_fell_back(proxy, "status")
-    await settle(proxy)
+    await proxy.settle()
     assert len(legacy.seen) == 1  # the parallel call's answer was served: no second call
 
 
@@ -180,7 +174,7 @@ async def test_a_configured_status_falls_back(
     proxy = await make_proxy(**cfg)
     await assert_fell_back(proxy, "status")
     assert len(agent.seen) == 1
-    await settle(proxy)
+    await proxy.settle()
 
 
 async def test_invalid_json_falls_back_when_json_is_expected(
@@ -189,7 +183,7 @@ async def test_invalid_json_falls_back_when_json_is_expected(
     agent.body = b'{"from": "agent", '
     proxy = await make_proxy(**config(legacy, agent, fallback={"expect_json": True}))
     await assert_fell_back(proxy, "invalid_json")
-    await settle(proxy)
+    await proxy.settle()
 
 
 async def test_a_missing_required_field_falls_back(
@@ -198,7 +192,7 @@ async def test_a_missing_required_field_falls_back(
     fallback = {"required_fields": ["$.from", "$.answer.label"]}
     proxy = await make_proxy(**config(legacy, agent, fallback=fallback))
     await assert_fell_back(proxy, "missing_field")
-    await settle(proxy)
+    await proxy.settle()
 
 
 async def test_confidence_below_the_minimum_falls_back(
@@ -207,7 +201,7 @@ async def test_confidence_below_the_minimum_falls_back(
     fallback = {"confidence": {"path": "$.confidence", "min": 0.95}}
     proxy = await make_proxy(**config(legacy, agent, fallback=fallback))
     await assert_fell_back(proxy, "low_confidence")  # the agent says 0.9
-    await settle(proxy)
+    await proxy.settle()
 
 
 async def test_confidence_at_or_above_the_minimum_is_served_by_the_agent(
@@ -221,7 +215,7 @@ async def test_confidence_at_or_above_the_minimum_is_served_by_the_agent(
         assert response.headers["X-Served-By"] == "agent"
         assert body == agent.body
     assert fallbacks(proxy, "low_confidence") == 0
-    await settle(proxy)
+    await proxy.settle()
 
 
 async def test_with_fallback_disabled_the_agents_5xx_reaches_the_client(
@@ -235,7 +229,7 @@ async def test_with_fallback_disabled_the_agents_5xx_reaches_the_client(
     assert response.headers["X-Served-By"] == "agent"
     assert "X-Fallback-Reason" not in response.headers
     assert fallbacks(proxy, "status") == 0
-    await settle(proxy)
+    await proxy.settle()
 
 
 @pytest.mark.parametrize("mode", ["buffered", "streamed"])
@@ -250,7 +244,7 @@ async def test_with_on_error_off_an_unreachable_agent_is_a_502_not_a_fallback(
     assert fallbacks(proxy, "error") == 0
     # The client saw the agent's 502: it is counted as an answer the agent gave.
     assert proxy.value("shadow_proxy_requests_total", backend="agent", status_class="5xx") == 1
-    await settle(proxy)
+    await proxy.settle()
 
 
 @pytest.mark.parametrize("mode", ["buffered", "streamed"])
@@ -267,7 +261,7 @@ async def test_with_on_error_off_a_slow_agent_is_a_504_not_a_fallback(
     assert answer["reason"].startswith("agent: no complete answer within")
     assert fallbacks(proxy, "timeout") == 0
     assert proxy.value("shadow_proxy_requests_total", backend="agent", status_class="5xx") == 1
-    await settle(proxy)
+    await proxy.settle()
 
 
 async def test_an_answer_larger_than_the_buffer_falls_back(
@@ -275,7 +269,7 @@ async def test_an_answer_larger_than_the_buffer_falls_back(
 ) -> None:
     proxy = await make_proxy(**config(legacy, agent, fallback={"max_buffer": 16}))
     await assert_fell_back(proxy, "too_large")
-    await settle(proxy)
+    await proxy.settle()
 
 
 # -- serving modes ------------------------------------------------------------------
@@ -288,7 +282,7 @@ async def test_buffered_agent_dying_mid_body_still_gives_legacys_complete_answer
     proxy = await make_proxy(**config(legacy, agent, retries={"attempts": 1}))
     await assert_fell_back(proxy, "error")
     assert len(agent.seen) == 1
-    await settle(proxy)
+    await proxy.settle()
 
 
 async def test_streamed_503_before_the_first_byte_falls_back(
@@ -297,7 +291,7 @@ async def test_streamed_503_before_the_first_byte_falls_back(
     agent.status = 503
     proxy = await make_proxy(**config(legacy, agent, fallback={"mode": "streamed"}))
     await assert_fell_back(proxy, "status")
-    await settle(proxy)
+    await proxy.settle()
 
 
 async def test_streamed_agent_slower_than_its_timeout_falls_back(
@@ -307,7 +301,7 @@ async def test_streamed_agent_slower_than_its_timeout_falls_back(
     cfg = config(legacy, agent, agent_timeout="150ms", fallback={"mode": "streamed"})
     proxy = await make_proxy(**cfg)
     await assert_fell_back(proxy, "timeout")
-    await settle(proxy)
+    await proxy.settle()
 
 
 async def test_streamed_agent_dying_mid_body_cuts_the_client_off_and_is_no_fallback(
@@ -322,7 +316,7 @@ async def test_streamed_agent_dying_mid_body_cuts_the_client_off_and_is_no_fallb
         await response.read()
     for reason in ("error", "status", "timeout"):
         assert fallbacks(proxy, reason) == 0
-    await settle(proxy)
+    await proxy.settle()
 
 
 async def test_streamed_agent_answer_is_streamed_through(
@@ -332,7 +326,7 @@ async def test_streamed_agent_answer_is_streamed_through(
     response, body = await get(proxy, "/api/x")
     assert response.headers["X-Served-By"] == "agent"
     assert body == AGENT_BODY
-    await settle(proxy)
+    await proxy.settle()
 
 
 # -- the parallel legacy call and routes with side effects ------------------------------
@@ -345,11 +339,11 @@ async def test_side_effect_free_route_compares_agent_served_answers_with_legacy(
     agent.body = legacy.body
     response, _ = await get(proxy, method="POST", data=b'{"q": 1}')
     assert response.headers["X-Served-By"] == "agent"
-    await settle(proxy)
+    await proxy.settle()
     agent.body = AGENT_BODY
     response, _ = await get(proxy, method="POST", data=b'{"q": 2}')
     assert response.headers["X-Served-By"] == "agent"
-    await settle(proxy)
+    await proxy.settle()
     verdicts = "shadow_proxy_comparisons_total"
     assert proxy.value(verdicts, route="api", verdict="match") == 1
     assert proxy.value(verdicts, route="api", verdict="mismatch") == 1
@@ -365,7 +359,7 @@ async def test_unsafe_route_does_not_call_legacy_when_the_agent_serves(
     response, body = await get(proxy, method="POST", data=b'{"order": 1}')
     assert response.headers["X-Served-By"] == "agent"
     assert body == AGENT_BODY
-    await settle(proxy)
+    await proxy.settle()
     assert legacy.seen == []
     assert proxy.value("shadow_proxy_comparisons_total", route="api", verdict="match") == 0
 
@@ -379,7 +373,7 @@ async def test_unsafe_route_keeps_the_agents_500_rather_than_execute_twice(
     assert response.status == 500
     assert body == b'{"error": "half done"}'
     assert response.headers["X-Served-By"] == "agent"
-    await settle(proxy)
+    await proxy.settle()
     assert legacy.seen == []
     assert len(agent.seen) == 1
 
@@ -394,7 +388,7 @@ async def test_unsafe_route_keeps_the_agents_failure_when_it_dropped_the_request
     assert response.status == 502
     assert orjson.loads(body)["backend"] == "agent"
     assert "X-Fallback-Reason" not in response.headers
-    await settle(proxy)
+    await proxy.settle()
     assert legacy.seen == []
     assert len(agent.seen) == 1
 
@@ -420,7 +414,7 @@ async def test_streamed_unsafe_route_keeps_the_agents_503_rather_than_execute_tw
     assert response.status == 503
     assert body == b'{"error": "half done"}'
     assert response.headers["X-Served-By"] == "agent"
-    await settle(proxy)
+    await proxy.settle()
     assert legacy.seen == []
 
 
@@ -432,7 +426,7 @@ async def test_streamed_unsafe_route_keeps_the_agents_failure_when_it_dropped_th
     response, body = await get(proxy, method="POST", data=b'{"order": 1}')
     assert response.status == 502
     assert orjson.loads(body)["backend"] == "agent"
-    await settle(proxy)
+    await proxy.settle()
     assert legacy.seen == []
 
 
@@ -452,7 +446,7 @@ async def test_a_transient_503_is_retried_and_the_agent_serves(
     assert retries(proxy) == 1
     assert len(agent.seen) == 2
     assert fallbacks(proxy, "status") == 0
-    await settle(proxy)
+    await proxy.settle()
 
 
 async def test_a_400_is_permanent_and_not_retried(
@@ -465,7 +459,7 @@ async def test_a_400_is_permanent_and_not_retried(
     assert body == b'{"error": "bad input"}'
     assert retries(proxy) == 0
     assert len(agent.seen) == 1
-    await settle(proxy)
+    await proxy.settle()
 
 
 async def test_a_429_with_retry_after_0_is_retried(
@@ -478,7 +472,7 @@ async def test_a_429_with_retry_after_0_is_retried(
     assert body == AGENT_BODY
     assert retries(proxy) == 1
     assert len(agent.seen) == 2
-    await settle(proxy)
+    await proxy.settle()
 
 
 async def test_a_retry_after_beyond_the_deadline_is_not_waited_for(
@@ -490,7 +484,7 @@ async def test_a_retry_after_beyond_the_deadline_is_not_waited_for(
     await assert_fell_back(proxy, "status")
     assert retries(proxy) == 0
     assert len(agent.seen) == 1
-    await settle(proxy)
+    await proxy.settle()
 
 
 async def test_an_unsafe_post_whose_agent_answers_503_is_not_retried(
@@ -563,7 +557,7 @@ async def test_breaker_opens_on_failures_probes_after_cooldown_and_closes(
         assert response.headers["X-Served-By"] == "agent"
     assert len(agent.seen) == 7
     assert fallbacks(proxy, "breaker_open") == 3
-    await settle(proxy)
+    await proxy.settle()
 
 
 async def test_a_failed_probe_opens_the_breaker_again(
@@ -580,7 +574,7 @@ async def test_a_failed_probe_opens_the_breaker_again(
     response, _ = await get(proxy)
     assert response.headers["X-Fallback-Reason"] == "breaker_open"
     assert len(agent.seen) == 2
-    await settle(proxy)
+    await proxy.settle()
 
 
 @pytest.mark.parametrize("mode", ["buffered", "streamed"])
@@ -600,7 +594,7 @@ async def test_a_probe_whose_client_gave_up_does_not_leave_the_breaker_half_open
     response, body = await get(proxy)
     assert response.headers["X-Served-By"] == "agent"
     assert body == AGENT_BODY
-    await settle(proxy)
+    await proxy.settle()
 
 
 async def test_a_stalled_client_in_streamed_mode_is_never_the_agents_failure(
@@ -631,7 +625,7 @@ async def test_legacy_calls_alongside_the_agent_are_bounded_and_counted(
     proxy = await make_proxy(**cfg)
     responses = await asyncio.gather(*(proxy.client.get("/api/x") for _ in range(4)))
     assert [r.headers["X-Served-By"] for r in responses] == ["agent"] * 4
-    await settle(proxy)
+    await proxy.settle()
     dropped = proxy.value(
         "shadow_proxy_shadow_requests_total", route="api", outcome="dropped_inflight"
     )
@@ -642,5 +636,5 @@ async def test_legacy_calls_alongside_the_agent_are_bounded_and_counted(
     cfg["shadow"] = {"max_in_flight": 8}
     proxy.client.app[CORE].apply(settings_from(cfg))
     await asyncio.gather(*(proxy.client.get("/api/x") for _ in range(4)))
-    await settle(proxy)
+    await proxy.settle()
     assert len(legacy.seen) == 5

@@ -11,7 +11,7 @@ from aiohttp import web
 from conftest import Proxy, ProxyFactory
 from fakes import Fake
 
-from proxy.app import CORE, TASKS
+from proxy.app import CORE
 from proxy.capture import CaptureBudget
 from proxy.settings import settings_from
 
@@ -67,19 +67,6 @@ def budget(proxy: Proxy) -> CaptureBudget:
     return shadow.budget
 
 
-async def settle(proxy: Proxy, within: float = 10.0) -> None:
-    async with asyncio.timeout(within):
-        await proxy.client.app[TASKS].join()
-
-
-def outcome(proxy: Proxy, name: str) -> float:
-    return proxy.value("shadow_proxy_shadow_requests_total", route="api", outcome=name)
-
-
-def verdict(proxy: Proxy, name: str) -> float:
-    return proxy.value("shadow_proxy_comparisons_total", route="api", verdict=name)
-
-
 async def test_streamed_answers_past_the_budget_are_dropped_and_clients_get_them_whole(
     make_proxy: ProxyFactory, aiohttp_server: Any, agent: Fake
 ) -> None:
@@ -94,18 +81,18 @@ async def test_streamed_answers_past_the_budget_are_dropped_and_clients_get_them
     assert await fetch(proxy, "/api/body?kib=40") == CHUNK * 5
     answers = await asyncio.gather(*(fetch(proxy, "/api/body?kib=40") for _ in range(5)))
     assert answers == [CHUNK * 5] * 5
-    await settle(proxy)
-    assert outcome(proxy, "dropped_memory") == 5
-    assert verdict(proxy, "match") == 1
-    assert verdict(proxy, "skipped") == 5
+    await proxy.settle()
+    assert proxy.outcome("dropped_memory") == 5
+    assert proxy.verdict("match") == 1
+    assert proxy.verdict("skipped") == 5
     assert len(agent.seen) == 1  # with no legacy copy to compare, the agent is not called
     assert budget(proxy).used == 0
 
     agent.delay = 0
     assert await fetch(proxy, "/api/body?kib=40") == CHUNK * 5
-    await settle(proxy)
-    assert verdict(proxy, "match") == 2
-    assert outcome(proxy, "dropped_memory") == 5
+    await proxy.settle()
+    assert proxy.verdict("match") == 2
+    assert proxy.outcome("dropped_memory") == 5
     assert budget(proxy).used == 0
 
 
@@ -121,10 +108,10 @@ async def test_one_answer_over_the_capture_limit_is_skipped_size_not_dropped_mem
         **config(url, agent, capture_limit="64KiB", max_capture_memory="64KiB")
     )
     assert await fetch(proxy, "/api/body?kib=104") == CHUNK * 13
-    await settle(proxy)
-    assert outcome(proxy, "skipped_size") == 1
-    assert outcome(proxy, "dropped_memory") == 0
-    assert verdict(proxy, "skipped") == 1
+    await proxy.settle()
+    assert proxy.outcome("skipped_size") == 1
+    assert proxy.outcome("dropped_memory") == 0
+    assert proxy.verdict("skipped") == 1
     assert budget(proxy).used == 0
 
 
@@ -140,19 +127,19 @@ async def test_request_bodies_past_the_budget_are_dropped_before_the_agent_is_ca
     bodies = [b"1" * 600, b"2" * 600]
     answers = await asyncio.gather(*(fetch(proxy, "/api/classify", body) for body in bodies))
     assert answers == [legacy.body] * 2
-    await settle(proxy)
-    assert outcome(proxy, "dropped_memory") == 1
-    assert outcome(proxy, "sent") == 1
+    await proxy.settle()
+    assert proxy.outcome("dropped_memory") == 1
+    assert proxy.outcome("sent") == 1
     assert len(agent.seen) == 1
     assert agent.seen[0].body in bodies
     assert sorted(seen.body for seen in legacy.seen) == bodies
-    assert verdict(proxy, "match") == 1
+    assert proxy.verdict("match") == 1
     assert budget(proxy).used == 0  # the dropped job's answer is not held after it ended
 
     agent.delay = 0
     await fetch(proxy, "/api/classify", b"3" * 600)
-    await settle(proxy)
-    assert verdict(proxy, "match") == 2
+    await proxy.settle()
+    assert proxy.verdict("match") == 2
     assert budget(proxy).used == 0
 
 
@@ -167,10 +154,10 @@ async def test_whole_answers_past_the_budget_are_dropped(
     )
     answers = await asyncio.gather(*(fetch(proxy, "/api/x") for _ in range(2)))
     assert answers == [legacy.body] * 2
-    await settle(proxy)
-    assert outcome(proxy, "dropped_memory") == 1
-    assert verdict(proxy, "match") == 1
-    assert verdict(proxy, "skipped") == 1
+    await proxy.settle()
+    assert proxy.outcome("dropped_memory") == 1
+    assert proxy.verdict("match") == 1
+    assert proxy.verdict("skipped") == 1
     assert budget(proxy).used == 0
 
 
@@ -184,16 +171,16 @@ async def test_a_reload_changes_the_memory_bound_in_force(
     cfg = config(legacy.url, agent, capture_limit="1KiB", max_capture_memory="1KiB")
     proxy = await make_proxy(**cfg)
     await asyncio.gather(*(fetch(proxy, "/api/x") for _ in range(2)))
-    await settle(proxy)
-    assert outcome(proxy, "dropped_memory") == 1
+    await proxy.settle()
+    assert proxy.outcome("dropped_memory") == 1
 
     core = proxy.client.app[CORE]
     cfg["shadow"]["max_capture_memory"] = "2KiB"
     assert core.apply(settings_from(cfg)) == []
     await asyncio.gather(*(fetch(proxy, "/api/x") for _ in range(2)))
-    await settle(proxy)
-    assert outcome(proxy, "dropped_memory") == 1  # none more
-    assert verdict(proxy, "match") == 3
+    await proxy.settle()
+    assert proxy.outcome("dropped_memory") == 1  # none more
+    assert proxy.verdict("match") == 3
 
     del cfg["shadow"]["max_capture_memory"]
     core.apply(settings_from(cfg))

@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 import orjson
-from conftest import Proxy, ProxyFactory
+from conftest import ProxyFactory
 from fakes import Fake, dead_url, stalled_client
 from structlog.testing import capture_logs
 
@@ -26,21 +26,6 @@ def config(legacy: Fake, agent: Fake | str, **route: Any) -> dict[str, Any]:
     }
 
 
-async def settle(proxy: Proxy, within: float = 5.0) -> None:
-    """Wait until no shadow work is in flight."""
-    async with asyncio.timeout(within):
-        await proxy.client.app[TASKS].join()
-    assert proxy.value("shadow_proxy_shadow_in_flight") == 0
-
-
-def outcome(proxy: Proxy, name: str) -> float:
-    return proxy.value("shadow_proxy_shadow_requests_total", route="api", outcome=name)
-
-
-def verdict(proxy: Proxy, name: str) -> float:
-    return proxy.value("shadow_proxy_comparisons_total", route="api", verdict=name)
-
-
 async def test_agent_gets_a_marked_copy_with_configured_headers(
     make_proxy: ProxyFactory, legacy: Fake, agent: Fake
 ) -> None:
@@ -51,7 +36,7 @@ async def test_agent_gets_a_marked_copy_with_configured_headers(
         "/api/items?id=7", headers={"Authorization": "Bearer s3cret", "X-Trace": "t1"}
     )
     assert response.status == 200
-    await settle(proxy)
+    await proxy.settle()
     copy = agent.seen[-1]
     assert copy.method == "GET"
     assert copy.path_qs == "/api/items?id=7"
@@ -63,9 +48,9 @@ async def test_agent_gets_a_marked_copy_with_configured_headers(
     assert legacy.seen[-1].headers["authorization"] == ["Bearer s3cret"]
     # both backends see one request id, so their logs can be joined
     assert copy.headers["x-request-id"] == legacy.seen[-1].headers["x-request-id"]
-    assert outcome(proxy, "sent") == 1
-    assert outcome(proxy, "completed") == 1
-    assert verdict(proxy, "match") == 1
+    assert proxy.outcome("sent") == 1
+    assert proxy.outcome("completed") == 1
+    assert proxy.verdict("match") == 1
     assert proxy.value("shadow_proxy_agreement_ratio", route="api") == 1.0
 
 
@@ -85,9 +70,9 @@ async def test_a_2s_agent_delays_neither_the_response_nor_the_next_keepalive_req
                 await response.read()
             timings.append(time.monotonic() - started)
     assert max(timings) < 1.0, timings  # each far below the agent's 2 s
-    assert outcome(proxy, "sent") == 2
-    await settle(proxy, within=6)
-    assert outcome(proxy, "completed") == 2
+    assert proxy.outcome("sent") == 2
+    await proxy.settle(within=6)
+    assert proxy.outcome("completed") == 2
     assert len(agent.seen) == 2
 
 
@@ -100,10 +85,10 @@ async def test_in_flight_bound_drops_and_counts(
     proxy = await make_proxy(**cfg)
     for _ in range(10):
         assert (await proxy.client.get("/api/x")).status == 200
-    assert outcome(proxy, "dropped_inflight") == 8
+    assert proxy.outcome("dropped_inflight") == 8
     assert proxy.value("shadow_proxy_shadow_in_flight") == 2
-    await settle(proxy)
-    assert outcome(proxy, "completed") == 2
+    await proxy.settle()
+    assert proxy.outcome("completed") == 2
 
 
 async def test_rate_limit_drops_and_counts(
@@ -112,9 +97,9 @@ async def test_rate_limit_drops_and_counts(
     proxy = await make_proxy(**config(legacy, agent, shadow={"rate_limit": 5}))
     for _ in range(20):
         assert (await proxy.client.get("/api/x")).status == 200
-    await settle(proxy)
-    assert outcome(proxy, "sent") == 5
-    assert outcome(proxy, "dropped_rate") == 15
+    await proxy.settle()
+    assert proxy.outcome("sent") == 5
+    assert proxy.outcome("dropped_rate") == 15
 
 
 async def test_unsafe_methods_are_not_mirrored_unless_route_is_side_effect_free(
@@ -122,13 +107,13 @@ async def test_unsafe_methods_are_not_mirrored_unless_route_is_side_effect_free(
 ) -> None:
     proxy = await make_proxy(**config(legacy, agent))
     assert (await proxy.client.post("/api/orders", data=b'{"n": 1}')).status == 200
-    await settle(proxy)
-    assert outcome(proxy, "skipped_unsafe") == 1
+    await proxy.settle()
+    assert proxy.outcome("skipped_unsafe") == 1
     assert agent.seen == []
 
     free = await make_proxy(**config(legacy, agent, side_effect_free=True))
     assert (await free.client.post("/api/classify", data=b'{"n": 2}')).status == 200
-    await settle(free)
+    await free.settle()
     assert agent.seen[-1].method == "POST"
     assert agent.seen[-1].body == b'{"n": 2}'
     assert legacy.seen[-1].body == b'{"n": 2}'
@@ -140,7 +125,7 @@ async def test_zero_percent_samples_nothing(
     proxy = await make_proxy(**config(legacy, agent, shadow={"percent": 0}))
     for _ in range(5):
         await proxy.client.get("/api/x")
-    assert outcome(proxy, "skipped_sample") == 5
+    assert proxy.outcome("skipped_sample") == 5
     assert agent.seen == []
 
 
@@ -151,11 +136,11 @@ async def test_sticky_sampling_mirrors_a_user_always_or_never(
     proxy = await make_proxy(**config(legacy, agent, shadow=sticky))
     decisions = {}
     for user in (f"user-{i}" for i in range(40)):
-        before = outcome(proxy, "sent")
+        before = proxy.outcome("sent")
         for _ in range(3):
             await proxy.client.get("/api/x", headers={"X-User": user})
-        decisions[user] = outcome(proxy, "sent") - before
-    await settle(proxy)
+        decisions[user] = proxy.outcome("sent") - before
+    await proxy.settle()
     assert set(decisions.values()) == {0, 3}  # all three or none, per user
     assert 8 <= sum(1 for v in decisions.values() if v) <= 32  # about half the users
 
@@ -167,8 +152,8 @@ async def test_request_body_over_capture_limit_is_not_mirrored(
     cfg["shadow"] = {"capture_limit": 100}
     proxy = await make_proxy(**cfg)
     assert (await proxy.client.post("/api/x", data=b"z" * 101)).status == 200
-    await settle(proxy)
-    assert outcome(proxy, "skipped_size") == 1
+    await proxy.settle()
+    assert proxy.outcome("skipped_size") == 1
     assert agent.seen == []
     assert legacy.seen[-1].body_size == 101  # legacy still got all of it
 
@@ -181,9 +166,9 @@ async def test_response_over_capture_limit_skips_the_comparison(
     cfg["shadow"] = {"capture_limit": 100}
     proxy = await make_proxy(**cfg)
     assert len(await (await proxy.client.get("/api/x")).read()) == len(legacy.body)
-    await settle(proxy)
-    assert verdict(proxy, "skipped") == 1
-    assert verdict(proxy, "match") == 0
+    await proxy.settle()
+    assert proxy.verdict("skipped") == 1
+    assert proxy.verdict("match") == 0
 
 
 async def test_slow_agent_times_out_and_is_an_error_comparison(
@@ -194,9 +179,9 @@ async def test_slow_agent_times_out_and_is_an_error_comparison(
     cfg["shadow"] = {"timeout": "200ms"}
     proxy = await make_proxy(**cfg)
     assert (await proxy.client.get("/api/x")).status == 200
-    await settle(proxy)
-    assert outcome(proxy, "timeout") == 1
-    assert verdict(proxy, "error") == 1
+    await proxy.settle()
+    assert proxy.outcome("timeout") == 1
+    assert proxy.verdict("error") == 1
 
 
 async def test_dead_agent_is_counted_and_the_client_never_notices(
@@ -206,8 +191,8 @@ async def test_dead_agent_is_counted_and_the_client_never_notices(
     response = await proxy.client.get("/api/x")
     assert response.status == 200
     assert await response.json() == {"ok": True}
-    await settle(proxy)
-    assert outcome(proxy, "error") == 1
+    await proxy.settle()
+    assert proxy.outcome("error") == 1
     assert (
         proxy.value(
             "shadow_proxy_upstream_errors_total", backend="agent", mode="shadow", kind="connect"
@@ -222,8 +207,8 @@ async def test_dead_legacy_gives_502_and_skips_the_comparison(
     dead = Fake("legacy", url=dead_url())
     proxy = await make_proxy(**config(dead, agent))
     assert (await proxy.client.get("/api/x")).status == 502
-    await settle(proxy)
-    assert verdict(proxy, "skipped") == 1
+    await proxy.settle()
+    assert proxy.verdict("skipped") == 1
 
 
 async def test_mismatch_is_counted_by_field_and_logged_with_request_and_trace_ids(
@@ -237,8 +222,8 @@ async def test_mismatch_is_counted_by_field_and_logged_with_request_and_trace_id
     trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     with capture_logs() as logs:
         await proxy.client.get("/api/x", headers={"traceparent": trace, "X-Request-Id": "r-1"})
-        await settle(proxy)
-    assert verdict(proxy, "mismatch") == 1
+        await proxy.settle()
+    assert proxy.verdict("mismatch") == 1
     assert proxy.value("shadow_proxy_agreement_ratio", route="api") == 0.0
     fields = "shadow_proxy_mismatch_fields_total"
     assert proxy.value(fields, route="api", path="$.label") == 1
@@ -261,7 +246,7 @@ async def test_mismatch_paths_are_capped_per_route(
     cfg["metrics"] = {"mismatch_paths_per_route": 3}
     proxy = await make_proxy(**cfg)
     await proxy.client.get("/api/x")
-    await settle(proxy)
+    await proxy.settle()
     text = proxy.metrics.registry
     from prometheus_client import generate_latest
 
@@ -286,9 +271,9 @@ async def test_streamed_request_body_over_capture_limit_is_not_mirrored(
 
     proxy = await make_proxy(**cfg)
     assert (await proxy.client.post("/api/x", data=body())).status == 200
-    await settle(proxy)
-    assert outcome(proxy, "skipped_size") == 1
-    assert outcome(proxy, "sent") == 0
+    await proxy.settle()
+    assert proxy.outcome("skipped_size") == 1
+    assert proxy.outcome("sent") == 0
     assert legacy.seen[-1].body_size == 1600
 
 
@@ -299,9 +284,9 @@ async def test_agent_5xx_is_an_error_not_a_disagreement(
     proxy = await make_proxy(**config(legacy, agent))
     with capture_logs() as logs:
         await proxy.client.get("/api/x")
-        await settle(proxy)
-    assert verdict(proxy, "error") == 1
-    assert verdict(proxy, "mismatch") == 0
+        await proxy.settle()
+    assert proxy.verdict("error") == 1
+    assert proxy.verdict("mismatch") == 0
     (event,) = [e for e in logs if e["event"] == "comparison_error"]
     assert event["reason"] == "agent answered 503"
 
@@ -322,10 +307,10 @@ async def test_a_client_that_stops_reading_gives_back_its_shadow_slot(
             await proxy.client.app[TASKS].join()
         assert proxy.value("shadow_proxy_rejected_requests_total", reason="client_gone") == 1
         assert proxy.value("shadow_proxy_upstream_errors_total", backend="legacy") == 0
-        assert verdict(proxy, "skipped") == 1  # nothing complete to compare with
+        assert proxy.verdict("skipped") == 1  # nothing complete to compare with
         assert (await proxy.client.get("/api/x")).status == 200
-        await settle(proxy)
-        assert outcome(proxy, "dropped_inflight") == 0  # the slot was free again
+        await proxy.settle()
+        assert proxy.outcome("dropped_inflight") == 0  # the slot was free again
 
 
 async def test_shutdown_cancels_shadow_work_after_its_grace_and_counts_it(
@@ -340,7 +325,7 @@ async def test_shutdown_cancels_shadow_work_after_its_grace_and_counts_it(
     started = time.monotonic()
     await proxy.client.close()  # runs the app's cleanup: drain, then close pools
     assert time.monotonic() - started < 3
-    assert outcome(proxy, "cancelled") == 3
+    assert proxy.outcome("cancelled") == 3
     assert proxy.value("shadow_proxy_shadow_in_flight") == 0
 
 
@@ -351,10 +336,10 @@ async def test_an_open_breaker_pauses_shadowing_to_save_agent_calls(
     proxy = await make_proxy(**cfg)
     for _ in range(3):
         assert (await proxy.client.get("/api/x")).status == 200
-        await settle(proxy)
-    assert outcome(proxy, "error") == 3
+        await proxy.settle()
+    assert proxy.outcome("error") == 3
     for _ in range(5):
         assert (await proxy.client.get("/api/x")).status == 200
-    await settle(proxy)
-    assert outcome(proxy, "skipped_breaker") == 5
-    assert outcome(proxy, "sent") == 3
+    await proxy.settle()
+    assert proxy.outcome("skipped_breaker") == 5
+    assert proxy.outcome("sent") == 3

@@ -125,7 +125,14 @@ class Connection(asyncio.Protocol):
     @property
     def reusable(self) -> bool:
         """The exchange ended cleanly and both sides want to keep the connection."""
-        return self.complete and self._error is None and not self.lost and self._keep_alive
+        return (
+            self.complete
+            and self._error is None
+            and not self.lost
+            and self._keep_alive
+            and self.transport is not None
+            and not self.transport.is_closing()  # lost is only reported a turn later
+        )
 
     def abort(self, error: BaseException) -> None:
         """End the exchange with ``error`` (a timeout, a failed upload) and close."""
@@ -134,8 +141,14 @@ class Connection(asyncio.Protocol):
             self.transport.abort()
 
     def close(self) -> None:
+        """Close after a complete answer (FIN); otherwise drop at once, so a
+        backend that stopped reading cannot keep the socket and its unsent
+        bytes alive outside the pool's count."""
         if self.transport is not None:
-            self.transport.close()
+            if self.complete and not self.transport.get_write_buffer_size():
+                self.transport.close()
+            else:
+                self.transport.abort()
 
     # -- asyncio.Protocol --------------------------------------------------
 
@@ -173,8 +186,8 @@ class Connection(asyncio.Protocol):
         self.lost = True
         if self._head_done is not None and not self.complete:
             head_seen = self._head_done.done() and self._error is None
-            if head_seen and not self._framed:
-                self._finish()  # the body was delimited by the close
+            if head_seen and not self._framed and exc is None:
+                self._finish()  # the body was delimited by the close (a reset is a cut)
             else:
                 self._fail(DisconnectedError("connection closed before the answer ended"))
         if self._drain is not None and not self._drain.done():
@@ -199,9 +212,9 @@ class Connection(asyncio.Protocol):
         self.reason = reason.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._grow(len(name) + len(value) + 4)  # trailers count too: no endless ones
         if self.status:
             return  # a chunked trailer: the head has gone to the caller already
-        self._grow(len(name) + len(value) + 4)
         self.headers.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:

@@ -59,7 +59,7 @@ def to_upstream(
 ) -> CIMultiDict[str]:
     """What a backend receives: end-to-end headers plus X-Forwarded-*.
 
-    ``Host`` is the backend's own (set by the client session from the URL)
+    ``Host`` is the backend's own (set by ``Upstream`` from its URL)
     unless the route preserves the client's.
     """
     out = end_to_end(headers, _CLIENT_ONLY if preserve_host else (*_CLIENT_ONLY, "host"))

@@ -23,15 +23,15 @@ from multidict import CIMultiDict
 
 from proxy.agentpath import FALLBACK_REASON, SERVED_BY, AgentPath
 from proxy.call import Call
-from proxy.capture import BodyCapture
 from proxy.downstream import ClientGoneError, Downstream, cut_off
 from proxy.errors import BodyTooLargeError, UpstreamError
 from proxy.headers import lowered, to_client, to_upstream
+from proxy.job import ShadowJob
 from proxy.metrics import Metrics
 from proxy.replies import error_response, failure_response
 from proxy.routes import CompiledRoute
 from proxy.routing import RouteRuntime, Routing
-from proxy.shadow import Shadow, ShadowJob
+from proxy.shadow import Shadow
 from proxy.types import AGENT, LEGACY, PROXY, Mode, Observation, ShadowOutcome
 from proxy.upstream import Upstream
 
@@ -189,12 +189,12 @@ class LiveHandler:
                 if whole is None:
                     await _pump(up, response, client, job, sent)
                 elif job is not None:
-                    fits = len(whole) <= job.route.capture_limit and job.hold(len(whole))
-                    kept = whole if fits else None
-                    _observe(job, up, kept, sent)
-                self.metrics.upstream(name, LEGACY, Mode.LIVE, perf_counter() - sent)
-                await client.send(response.write_eof())
-                return response
+                    _observe(job, up, whole if job.capture().feed(whole) else None, sent)
+            # Legacy's connection is back in the pool before the last write to
+            # the client, which may wait on a slow reader.
+            self.metrics.upstream(name, LEGACY, Mode.LIVE, perf_counter() - sent)
+            await client.send(response.write_eof())
+            return response
         except asyncio.CancelledError:  # the client hung up (handler cancellation)
             self.metrics.rejected(name, "client_gone")
             raise
@@ -300,9 +300,7 @@ async def _request_body(
     content: aiohttp.StreamReader, limit: int, job: ShadowJob | None
 ) -> AsyncIterator[bytes]:
     """Stream the client's body upstream, enforcing the limit, copying for a shadow."""
-    capture = (
-        BodyCapture(job.route.capture_limit, job.hold, job.release) if job is not None else None
-    )
+    capture = job.capture() if job is not None else None
     size = 0
     async for chunk in _client_chunks(content):
         size += len(chunk)
@@ -324,7 +322,7 @@ async def _pump(
     sent: float,
 ) -> None:
     """Copy the upstream body to the client; keep a bounded copy for the shadow."""
-    copy = BodyCapture(job.route.capture_limit, job.hold, job.release) if job is not None else None
+    copy = job.capture() if job is not None else None
     async for chunk in upstream.chunks():
         if copy is not None and not copy.feed(chunk):
             copy = None  # too large to compare: free the shadow task now
@@ -355,7 +353,7 @@ def _abandon(job: ShadowJob, reason: str) -> None:
 
 
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    """The client session wraps errors raised by the body it sends; look inside."""
+    """An error may wrap the one that caused it (a failed upload, a cut client); look inside."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, kind):

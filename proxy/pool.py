@@ -39,6 +39,7 @@ class Pool:
         self._idle: list[Connection] = []
         self._busy = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._woken = 0  # waiters given their turn that have not run yet
         self._closed = False
 
     @property
@@ -50,8 +51,9 @@ class Pool:
         return len(self._idle)
 
     def take_idle_now(self, now: float) -> Connection | None:
-        """An idle connection without waiting, unless others queue for one first."""
-        return None if self._waiters else self.take_idle(now)
+        """An idle connection without waiting, unless others queue for one first
+        (or were given their turn and have not run yet)."""
+        return None if self._waiters or self._woken else self.take_idle(now)
 
     def take_idle(self, now: float) -> Connection | None:
         """A live idle connection, if there is one; stale ones are closed on the way."""
@@ -85,13 +87,15 @@ class Pool:
             self._waiters.append(waiter)
             try:
                 await waiter
-                woken = True
             except BaseException:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
                 elif waiter.done() and not waiter.cancelled():
+                    self._woken -= 1
                     self._wake()  # our turn was given to us and we left: pass it on
                 raise
+            self._woken -= 1
+            woken = True
 
     def release(self, conn: Connection, reusable: bool) -> None:
         self._busy -= 1
@@ -140,4 +144,5 @@ class Pool:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
+                self._woken += 1
                 return

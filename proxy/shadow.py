@@ -15,7 +15,6 @@ import math
 import random
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from time import perf_counter
 from typing import TypeVar
 
@@ -23,9 +22,10 @@ import structlog
 from asyncio_throttle.throttler import Throttler
 from multidict import CIMultiDict
 
-from proxy.capture import BodyCapture, CaptureBudget
+from proxy.capture import CaptureBudget
 from proxy.evidence import Evidence, Exchange
 from proxy.headers import REQUEST_ID, lowered, to_shadow
+from proxy.job import ShadowJob
 from proxy.metrics import Metrics
 from proxy.routes import CompiledRoute
 from proxy.routing import RouteRuntime
@@ -60,45 +60,6 @@ class RateGate:
             return False
         throttler._task_logs.append(time.monotonic())
         return True
-
-
-@dataclass(slots=True)
-class ShadowJob:
-    """One admitted mirror; the live handler fills in the two futures."""
-
-    route: CompiledRoute
-    method: str
-    raw_path: str
-    headers: CIMultiDict[str]
-    request_id: str
-    traceparent: str | None
-    body: asyncio.Future[bytes | ShadowOutcome]  # the captured request body, or why not
-    live: asyncio.Future[Observation]
-    budget: CaptureBudget
-    runtime: RouteRuntime | None = None  # the route's breaker and evidence window
-    held: int = 0  # bytes taken from the budget, given back when the job ends
-    starved: bool = False  # the budget refused a capture
-    ended: bool = False  # its task is done: nothing more is held for it
-
-    def hold(self, size: int) -> bool:
-        """Take ``size`` bytes of the shared capture budget for this job."""
-        if self.ended:  # no one would give them back
-            return False
-        if self.budget.take(size):
-            self.held += size
-            return True
-        self.starved = True
-        return False
-
-    def release(self, size: int) -> None:
-        """Give back bytes of a copy that was dropped before the job ended."""
-        if not self.ended:  # else they went back with the rest when it ended
-            self.budget.give(size)
-            self.held -= size
-
-    def too_large(self) -> ShadowOutcome:
-        """Why a body could not be kept: its own size, or the memory bound."""
-        return ShadowOutcome.DROPPED_MEMORY if self.starved else ShadowOutcome.SKIPPED_SIZE
 
 
 class Shadow:
@@ -231,6 +192,8 @@ class Shadow:
             self._metrics.shadow(name, outcome)
             self._evidence.skip(exchange, _NOT_KEPT[outcome])
             return
+        # A failed legacy call still sends the agent its copy: nothing gets
+        # compared, but the agent's result feeds the breaker and the gates.
         if job.runtime is not None and not job.runtime.agent_allowed(time.monotonic()):
             # Checked again at dispatch: half-open, a shadow may be one of the
             # probes (taking its slot, and always reporting back), or not go.
@@ -253,7 +216,7 @@ class Shadow:
             async with self.agent.request(
                 job.method, job.raw_path, job.headers, body or None, timeout=self._timeout
             ) as response:
-                capture = BodyCapture(self.capture_limit, job.hold, job.release)
+                capture = job.capture()
                 async for chunk in response.chunks():
                     if not capture.feed(chunk):
                         break  # over the limit: stop reading, the comparison is skipped

@@ -27,7 +27,7 @@ SHADOW: Final = "shadow_proxy_shadow_requests_total"
 COMPARISONS: Final = "shadow_proxy_comparisons_total"
 AGREEMENT: Final = "shadow_proxy_agreement_ratio"
 MISMATCH_FIELDS: Final = "shadow_proxy_mismatch_fields_total"
-DROP_OUTCOMES: Final = ("dropped_inflight", "dropped_rate", "timeout", "error")
+DROP_OUTCOMES: Final = ("dropped_inflight", "dropped_rate", "dropped_memory", "timeout", "error")
 _PRECISION_TOLERANCE: Final = 1e-12  # same as Prometheus' correctPrecisionErrors
 
 K = TypeVar("K")

@@ -223,6 +223,31 @@ async def test_a_waiter_that_leaves_the_queue_does_not_take_a_slot_with_it(
 
 
 @scenario
+async def test_a_request_arriving_as_a_connection_is_released_queues_behind_the_waiter(
+    upstreams: Upstreams,
+) -> None:
+    """Served in arrival order: a newcomer cannot take the connection a woken
+    waiter was promised, which could bounce that waiter until its deadline."""
+    async with RawServer(answering(OK, OK, OK)) as server:
+        upstream = await upstreams(server.url, max_connections=1)
+        order: list[str] = []
+
+        async def timed(name: str) -> None:
+            await fetch(upstream, total=1)
+            order.append(name)
+
+        async with upstream.request("GET", "/", CIMultiDict()) as holder:
+            waiter = asyncio.create_task(timed("waiter"))
+            await asyncio.sleep(0)  # it queues behind the holder
+            await holder.read()
+            # Scheduled before the release wakes the waiter, so it runs first.
+            newcomer = asyncio.create_task(timed("newcomer"))
+        await asyncio.gather(waiter, newcomer)
+        assert order == ["waiter", "newcomer"]
+        assert len(server.connections) == 1
+
+
+@scenario
 async def test_a_waiter_cancelled_just_as_its_turn_came_passes_the_turn_on(
     upstreams: Upstreams,
 ) -> None:

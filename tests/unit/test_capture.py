@@ -10,9 +10,9 @@ import pytest
 from multidict import CIMultiDict
 
 from proxy.capture import BodyCapture, CaptureBudget
+from proxy.job import ShadowJob
 from proxy.routes import unmatched_route
 from proxy.settings import settings_from
-from proxy.shadow import ShadowJob
 
 
 @pytest.mark.parametrize(

@@ -189,7 +189,10 @@ def test_render_cumulative(metrics: ProxyMetrics) -> None:
     assert "[2xx 120 5xx 2]" in text
     assert "served by legacy 122, agent 0" in text
     assert "sent 100 (10.0/s)  completed 90" in text
-    assert "drops        10  (dropped_inflight 4, dropped_rate 1, timeout 3, error 2)" in text
+    assert (
+        "drops        10  (dropped_inflight 4, dropped_rate 1, dropped_memory 0, "
+        "timeout 3, error 2)" in text
+    )
     assert "overall 90.0% (81 of 90)" in text
     assert "classify 90.0%  tickets 100.0%" in text
     assert "errors 2  skipped 3" in text

@@ -1,0 +1,57 @@
+"""One admitted mirror: what the live handler hands the shadow task, and the
+bytes it holds for comparison against the shared budget."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from multidict import CIMultiDict
+
+from proxy.capture import BodyCapture, CaptureBudget
+from proxy.routes import CompiledRoute
+from proxy.routing import RouteRuntime
+from proxy.types import Observation, ShadowOutcome
+
+
+@dataclass(slots=True)
+class ShadowJob:
+    """One admitted mirror; the live handler fills in the two futures."""
+
+    route: CompiledRoute
+    method: str
+    raw_path: str
+    headers: CIMultiDict[str]
+    request_id: str
+    traceparent: str | None
+    body: asyncio.Future[bytes | ShadowOutcome]  # the captured request body, or why not
+    live: asyncio.Future[Observation]
+    budget: CaptureBudget
+    runtime: RouteRuntime | None = None  # the route's breaker and evidence window
+    held: int = 0  # bytes taken from the budget, given back when the job ends
+    starved: bool = False  # the budget refused a capture
+    ended: bool = False  # its task is done: nothing more is held for it
+
+    def hold(self, size: int) -> bool:
+        """Take ``size`` bytes of the shared capture budget for this job."""
+        if self.ended:  # no one would give them back
+            return False
+        if self.budget.take(size):
+            self.held += size
+            return True
+        self.starved = True
+        return False
+
+    def release(self, size: int) -> None:
+        """Give back bytes of a copy that was dropped before the job ended."""
+        if not self.ended:  # else they went back with the rest when it ended
+            self.budget.give(size)
+            self.held -= size
+
+    def capture(self) -> BodyCapture:
+        """A bounded copy of one of this job's bodies, held against the budget."""
+        return BodyCapture(self.route.capture_limit, self.hold, self.release)
+
+    def too_large(self) -> ShadowOutcome:
+        """Why a body could not be kept: its own size, or the memory bound."""
+        return ShadowOutcome.DROPPED_MEMORY if self.starved else ShadowOutcome.SKIPPED_SIZE

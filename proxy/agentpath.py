@@ -260,18 +260,11 @@ class AgentPath:
             async with upstream.request(
                 request.method, request.raw_path, headers, body or None, timeout=timeout
             ) as response:
-                capture = BodyCapture(limit)
-                async for chunk in response.chunks():
-                    if not capture.feed(chunk):
-                        break
+                kept = await response.read_into(BodyCapture(limit))
                 latency = perf_counter() - start
                 self._metrics.upstream(route.name, upstream.name, mode, latency)
                 obs = Observation(
-                    upstream.name,
-                    response.status,
-                    lowered(response.headers),
-                    capture.value(),
-                    latency,
+                    upstream.name, response.status, lowered(response.headers), kept, latency
                 )
                 return Answer(obs, CIMultiDict(response.headers))
         except Exception as exc:  # every failure is data here

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.capture import BodyCapture
 from proxy.connection import Connection
 from proxy.errors import DisconnectedError
 from proxy.pool import Pool
@@ -105,6 +106,14 @@ class Call:
         conn = self._conn
         assert conn is not None, "whole_body() outside the exchange"
         return conn.whole_body()
+
+    async def read_into(self, copy: BodyCapture) -> bytes | None:
+        """Read the body into ``copy``, stopping once it is over its bound
+        (the rest is never read: the connection is not reused); its value."""
+        async for chunk in self.chunks():
+            if not copy.feed(chunk):
+                break
+        return copy.value()
 
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self.chunks()])

@@ -216,17 +216,10 @@ class Shadow:
             async with self.agent.request(
                 job.method, job.raw_path, job.headers, body or None, timeout=self._timeout
             ) as response:
-                capture = job.capture()
-                async for chunk in response.chunks():
-                    if not capture.feed(chunk):
-                        break  # over the limit: stop reading, the comparison is skipped
+                kept = await response.read_into(job.capture())  # None: comparison skipped
                 latency = perf_counter() - start
                 observation = Observation(
-                    AGENT,
-                    response.status,
-                    lowered(response.headers),
-                    capture.value(),
-                    latency,
+                    AGENT, response.status, lowered(response.headers), kept, latency
                 )
         except asyncio.CancelledError:
             if job.runtime is not None:  # a probe must report back, or half-open never ends

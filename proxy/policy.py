@@ -49,7 +49,9 @@ class RolloutConfig(Model):
     )
     autonomous: bool = Field(False, description="allow agent-only serving (always approved)")
     interval: Duration = Field(30.0, description="how often the gates are evaluated")
-    window: Duration = Field(300.0, description="rolling window of evidence")
+    window: Duration = Field(  # bounded: one bucket per second (1e19 s crashed at startup)
+        300.0, le=86_400, description="rolling window of evidence (at most a day)"
+    )
     gates: GatesConfig = GatesConfig()
     max_consecutive_failures: int = Field(3, ge=1)
     max_cumulative_failures: int = Field(10, ge=1)
@@ -95,7 +97,7 @@ class RolloutConfig(Model):
 
 class ConfidenceConfig(Model):
     path: str = Field(description="JSON path of a number in the agent's answer")
-    min: float = Field(description="below this, legacy answers instead")
+    min: float = Field(description="below this, legacy answers instead", allow_inf_nan=False)
 
     @field_validator("path")
     @classmethod

@@ -19,12 +19,18 @@ from pydantic import (
     GetJsonSchemaHandler,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 from yarl import URL
 
 import comparators
@@ -130,7 +136,9 @@ class PathMatch(Model):
         if self.regex is not None:
             try:
                 re.compile(self.regex)
-            except re.error as exc:
+            except RecursionError:  # "(" a thousand deep; its message varies with the stack
+                raise ValueError("regex does not compile: nested too deeply") from None
+            except (re.error, OverflowError) as exc:  # OverflowError: a{99999999999}
                 raise ValueError(f"regex does not compile: {exc}") from None
         return self
 
@@ -261,7 +269,9 @@ class ShadowSettings(Model):
 
 class MetricsSettings(Model):
     mismatch_paths_per_route: int = Field(50, ge=1, description="distinct path labels per route")
-    agreement_window: int = Field(200, ge=1, description="comparisons in the rolling agreement")
+    agreement_window: int = Field(  # bounded: a deque of this length per route (2**63 crashed)
+        200, ge=1, le=1_000_000, description="comparisons in the rolling agreement"
+    )
 
 
 class LoggingSettings(Model):
@@ -317,19 +327,23 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (env_settings, init_settings)  # the environment overrides the file
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Self:
-        names = [r.name for r in self.routes]
+    @field_validator("routes")
+    @classmethod
+    def _consistent(cls, routes: tuple[Route, ...], info: ValidationInfo) -> tuple[Route, ...]:
+        # A field validator (not a model one), so the problem is named `routes`, not
+        # `(top level)`; `backends` is declared earlier, so it is in info.data when valid.
+        names = [r.name for r in routes]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"route names must be unique; repeated: {', '.join(duplicates)}")
-        needs_agent = [r.name for r in self.routes if r.shadow.enabled or r.rollout]
-        if needs_agent and self.backends.agent is None:
+        needs_agent = [r.name for r in routes if r.shadow.enabled or r.rollout]
+        backends = info.data.get("backends")
+        if needs_agent and backends is not None and backends.agent is None:
             raise ValueError(
                 f"routes {', '.join(needs_agent)} enable shadow or rollout"
                 " but backends.agent is not set"
             )
-        return self
+        return routes
 
     def route_body_limit(self, route: Route | None) -> int:
         if route is None or route.max_body_size is None:
@@ -344,10 +358,16 @@ def load_settings(path: str | Path) -> Settings:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(source, [f"cannot read file: {exc.strerror or exc}"]) from None
+    except ValueError as exc:  # not UTF-8, or a NUL in the path
+        raise ConfigError(source, [f"cannot read file: {exc}"]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(source, [f"not valid YAML: {exc}".replace("\n", " ")]) from None
+    except RecursionError:  # PyYAML recurses once per nesting level
+        raise ConfigError(source, ["not valid YAML: nested too deeply"]) from None
+    except ValueError as exc:  # e.g. an integer longer than int() accepts (4300 digits)
+        raise ConfigError(source, [f"not valid YAML: {exc}"]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -356,17 +376,48 @@ def load_settings(path: str | Path) -> Settings:
 
 
 def settings_from(data: dict[str, Any], *, source: str = "<config>") -> Settings:
+    # Keys go to BaseSettings.__init__ as keywords: a non-string key would raise
+    # TypeError; `_env_file`, `_secrets_dir`, `_cli_parse_args`... would reach
+    # pydantic-settings' own options (read other files, parse sys.argv); and names
+    # there are case-insensitive (`Listen:` passed, and `BACKENDS:` beside `backends:`
+    # was dropped silently). So the top level is checked here, exactly.
+    odd = [key for key in data if key not in Settings.model_fields]
+    problems = [f"{_dotted([key])}: Extra inputs are not permitted" for key in odd]
     try:
-        return Settings(**data)
+        settings = Settings(**{k: v for k, v in data.items() if k not in odd})
     except ValidationError as exc:
-        raise ConfigError(source, format_errors(exc)) from None
+        problems += format_errors(exc)
+    except SettingsError as exc:  # an environment override that is not valid JSON
+        problems.append(_environment_problem(exc))
+    except RecursionError:  # a JSON environment value nested thousands deep
+        problems.append("(environment): a SHADOW_PROXY_* value is nested too deeply")
+    if problems:
+        raise ConfigError(source, problems)
+    return settings
+
+
+def _environment_problem(exc: SettingsError) -> str:
+    """``routes: the environment override SHADOW_PROXY_ROUTES... is not valid JSON (...)``."""
+    found = re.search(r'field "(\w+)"', str(exc))
+    field = found.group(1) if found else "(environment)"
+    cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+    variable = f"SHADOW_PROXY_{field.upper()}..." if found else "a SHADOW_PROXY_* variable"
+    return f"{field}: the environment override {variable} is not valid JSON{cause}"
 
 
 def format_errors(exc: ValidationError) -> list[str]:
     """One line per problem: ``routes.0.match: set exactly one of exact, prefix, regex``."""
     lines = []
     for error in exc.errors(include_url=False):
-        loc = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        loc = _dotted(error["loc"])
         message = error["msg"].removeprefix("Value error, ")
-        lines.append(f"{loc}: {message}")
+        # A comparator reports one bad option per line; each stays its own problem.
+        lines += [f"{loc}: {line}" for line in message.splitlines() or [""]]
     return lines
+
+
+def _dotted(loc: tuple[int | str, ...] | list[Any]) -> str:
+    """``routes.0.match``; a key with a newline or an escape code is quoted, so a
+    problem stays one line and cannot paint the operator's terminal."""
+    parts = (str(part) for part in loc)
+    return ".".join(p if p.isprintable() and p else repr(p) for p in parts) or "(top level)"

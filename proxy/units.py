@@ -6,6 +6,7 @@ bytes) so environment overrides stay easy to type.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
@@ -39,6 +40,8 @@ def parse_duration(value: Any) -> float:
         raise ValueError(f"expected a duration like '250ms' or '30s', got {value!r}")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
+    if not math.isfinite(seconds):  # .nan would pass `< 0`, and asyncio.timeout(nan) fires at once
+        raise ValueError(f"a duration must be a finite number, got {value!r}")
     return seconds
 
 
@@ -51,7 +54,10 @@ def parse_size(value: Any) -> int:
     elif isinstance(value, float) and value.is_integer():
         size = int(value)
     elif isinstance(value, str) and (m := _SIZE.match(value)):
-        size = int(float(m.group(1)) * _SIZE_SCALE[m.group(2)])
+        number = float(m.group(1)) * _SIZE_SCALE[m.group(2)]
+        if not math.isfinite(number):  # 400 digits: int(inf) would raise OverflowError
+            raise ValueError(f"a size must be a finite number, got {value!r}")
+        size = int(number)
     else:
         raise ValueError(f"expected a size like '64KiB' or '10MiB', got {value!r}")
     if size < 0:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry
 
 from proxy import statefile
@@ -125,14 +126,14 @@ def create_app(
     health: Health | None = None,
     core: Core | None = None,
 ) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[_unroutable])
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[HEALTH] = health or Health()
     app[CORE] = core or Core(settings, metrics)
     app[CONTROLLER] = app[CORE].controller
     app.cleanup_ctx.append(_runtime)
-    app.router.add_route("*", "/{tail:.*}", _handle)
+    app.router.add_route("*", "/{tail:.*}", _handle, expect_handler=_expect)
     return app
 
 
@@ -140,6 +141,19 @@ CORE = web.AppKey("core", Core)
 
 
 async def _handle(request: web.Request) -> web.StreamResponse:
+    return await request.app[HANDLER](request)
+
+
+async def _expect(request: web.Request) -> web.StreamResponse | None:
+    return await request.app[HANDLER].expect(request)
+
+
+@web.middleware
+async def _unroutable(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """CONNECT and ``OPTIONS *`` have no path the router could match: the live
+    handler answers them (and refuses the tunnel), not a bare 404."""
+    if request.match_info.http_exception is None:
+        return await handler(request)
     return await request.app[HANDLER](request)
 
 

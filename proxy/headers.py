@@ -8,6 +8,7 @@ names (``Set-Cookie``) kept.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -30,8 +31,20 @@ REQUEST_ID = "X-Request-Id"
 
 # Never forwarded from the client: the proxy already answered ``Expect:
 # 100-continue`` itself (a backend that ignores Expect would otherwise stall
-# the body), and only the proxy may mark a request as a shadow.
-_CLIENT_ONLY = ("expect", SHADOW_MARKER.lower())
+# the body), only the proxy may mark a request as a shadow, and only the proxy
+# says which host and scheme the client asked for (a client's own
+# X-Forwarded-Host or Forwarded would pass for the proxy's). X-Original-URL and
+# X-Rewrite-URL make some frameworks (IIS, Symfony) serve another path than
+# the one the route matched.
+_CLIENT_ONLY = (
+    "expect",
+    SHADOW_MARKER.lower(),
+    "x-forwarded-host",
+    "forwarded",
+    "x-original-url",
+    "x-rewrite-url",
+)
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 
@@ -57,7 +70,9 @@ def to_upstream(
     scheme: str,
     preserve_host: bool,
 ) -> CIMultiDict[str]:
-    """What a backend receives: end-to-end headers plus X-Forwarded-*.
+    """What a backend receives: end-to-end headers plus X-Forwarded-* and
+    Forwarded (RFC 7239). X-Forwarded-For is appended to; the rest describe
+    this hop alone, whatever the client sent.
 
     ``Host`` is the backend's own (set by ``Upstream`` from its URL)
     unless the route preserves the client's.
@@ -70,7 +85,26 @@ def to_upstream(
     out["X-Forwarded-Proto"] = scheme
     if client_host:
         out["X-Forwarded-Host"] = client_host
+    out["Forwarded"] = _forwarded(client_ip, client_host, scheme)
     return out
+
+
+def _forwarded(client_ip: str | None, host: str | None, scheme: str) -> str:
+    """This hop's ``Forwarded`` element: ``for=...;host=...;proto=...``."""
+    pairs = []
+    if client_ip:
+        pairs.append(f"for={_quoted(f'[{client_ip}]' if ':' in client_ip else client_ip)}")
+    if host:
+        pairs.append(f"host={_quoted(host)}")
+    pairs.append(f"proto={_quoted(scheme)}")
+    return ";".join(pairs)
+
+
+def _quoted(value: str) -> str:
+    """A token as it is, anything else as a quoted-string (RFC 7239 section 4)."""
+    if _TOKEN.fullmatch(value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def to_client(headers: Headers) -> CIMultiDict[str]:

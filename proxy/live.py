@@ -29,19 +29,14 @@ from proxy.headers import lowered, to_client, to_upstream
 from proxy.job import ShadowJob
 from proxy.metrics import Metrics
 from proxy.replies import error_response, failure_response
-from proxy.routes import CompiledRoute
+from proxy.routes import CompiledRoute, RouteTable
 from proxy.routing import RouteRuntime, Routing
 from proxy.shadow import Shadow
+from proxy.target import refusal, routing_path
 from proxy.types import AGENT, LEGACY, PROXY, Mode, Observation, ShadowOutcome
 from proxy.upstream import Upstream
 
 log = structlog.get_logger("proxy.live")
-
-
-def has_dot_segments(path: str) -> bool:
-    """``/a/../b`` (or its encoded forms, once decoded) would match one route
-    here and reach another upstream; no well-behaved client sends it."""
-    return any(segment in (".", "..") for segment in path.split("/"))
 
 
 class LiveHandler:
@@ -68,14 +63,12 @@ class LiveHandler:
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         start = perf_counter()
         routing = self.routing
+        refused = self._refused(request, routing.table)
+        if refused is not None:
+            return refused
         method = request.method
         raw_path = request.raw_path
-        path = request.path
-        if not raw_path.startswith("/") or has_dot_segments(path):
-            route = routing.table.fallback
-            reason = "the request target is not a plain path"
-            return self._reject(route, 400, "bad_request", reason, "bad_path")
-        route = routing.table.match(method, path)
+        route = _route(request, routing.table)
         length = request.content_length
         if length is not None and length > route.body_limit:
             return self._too_large(route)
@@ -104,6 +97,52 @@ class LiveHandler:
         finally:
             if job is not None:
                 _abandon(job, "the live exchange ended without an answer")
+
+    async def expect(self, request: web.Request) -> web.StreamResponse | None:
+        """``Expect: 100-continue``: a request refused on its head alone (a bad
+        target, a body over the route's limit) is refused now, before the client
+        sends a body for nothing; else the client is told to go on."""
+        table = self.routing.table
+        refused = self._refused(request, table)
+        if refused is not None:
+            return refused
+        route = _route(request, table)
+        length = request.content_length
+        if length is not None and length > route.body_limit:
+            refused = self._too_large(route)
+            refused.force_close()  # Connection: close: the body is not wanted
+            return refused
+        expectation = request.headers.get("Expect", "")
+        if request.version == (1, 1):  # as aiohttp's own expect handler
+            if expectation.lower() != "100-continue":
+                raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expectation}")
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the response proper has not started
+        return None
+
+    def _refused(self, request: web.Request, table: RouteTable) -> web.Response | None:
+        """The proxy's own answer to what no backend may see (proxy/target.py).
+        The connection closes after a refusal: what follows on it is not to be
+        trusted (and after CONNECT the parser reads no more requests)."""
+        route = table.fallback
+        if request.method == "OPTIONS" and request.raw_path == "*":  # the server, not a resource
+            self.metrics.request(route.name, PROXY, 200)
+            return web.Response(status=200)
+        refused = refusal(
+            request.method,
+            request.version,
+            request.raw_path,
+            request.path,
+            request.headers.getall("Transfer-Encoding", ()),
+            keep_escaped_slashes=table.keep_escaped_slashes,
+        )
+        if refused is None:
+            return None
+        response = self._reject(route, *refused)
+        if refused.status == 405:
+            response.headers["Allow"] = ""  # no method is allowed a tunnel
+        response.force_close()
+        return response
 
     def _agent_serves(
         self,
@@ -249,6 +288,13 @@ class LiveHandler:
     def _too_large(self, route: CompiledRoute) -> web.Response:
         reason = f"request body exceeds {route.body_limit} bytes"
         return self._reject(route, 413, "payload_too_large", reason, "body_too_large")
+
+
+def _route(request: web.Request, table: RouteTable) -> CompiledRoute:
+    keep = table.keep_escaped_slashes
+    return table.match(
+        request.method, routing_path(request.raw_path, request.path, keep_escaped_slashes=keep)
+    )
 
 
 def _response_for(up: Call, whole: bytes | None) -> web.StreamResponse:

@@ -89,14 +89,22 @@ def unmatched_route(settings: Settings) -> CompiledRoute:
 
 
 class RouteTable:
-    def __init__(self, routes: Sequence[CompiledRoute], fallback: CompiledRoute) -> None:
+    def __init__(
+        self,
+        routes: Sequence[CompiledRoute],
+        fallback: CompiledRoute,
+        keep_escaped_slashes: bool = False,
+    ) -> None:
         self.routes = tuple(routes)
         self.fallback = fallback
+        # How paths are read for matching (see proxy/target.py): listen.escaped_slashes.
+        self.keep_escaped_slashes = keep_escaped_slashes
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RouteTable:
         compiled = [compile_route(r, settings) for r in settings.routes]
-        return cls(compiled, unmatched_route(settings))
+        keep = settings.listen.escaped_slashes == "keep"
+        return cls(compiled, unmatched_route(settings), keep)
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -9,18 +9,42 @@ last so the drain can still be scraped.
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from proxy.admin import Health, create_admin_app
 from proxy.app import Core, build_metrics, create_app
 from proxy.errors import ConfigError
 from proxy.metrics import Metrics
-from proxy.settings import Settings
+from proxy.settings import UNMATCHED_ROUTE, Settings
 
 log = structlog.get_logger("proxy.server")
+AIOHTTP_SERVER = logging.getLogger("aiohttp.server")
+
+
+class MalformedRequests(logging.Filter):
+    """A request aiohttp cannot parse never reaches our handler: aiohttp answers
+    400 itself and logs an ERROR with a traceback, one per hostile request (a
+    cheap way to flood the logs). Here it becomes a one-line info event with
+    the parser's reason, and a counted rejection."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self._metrics = metrics
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            self._metrics.rejected(UNMATCHED_ROUTE, "malformed")
+            record.msg, record.args = "malformed_request", ()
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+            record.reason = exc.message
+        return True
 
 
 def _url(runner: web.AppRunner) -> str:
@@ -56,6 +80,7 @@ class ProxyServer:
             raise ConfigError(str(settings.admin.token_file), [problem]) from None
         admin = create_admin_app(self.metrics, self.health, self.core.controller, token)
         self._admin = web.AppRunner(admin, access_log=None, handle_signals=False)
+        self._malformed = MalformedRequests(self.metrics)
         self.proxy_url = ""
         self.admin_url = ""
 
@@ -71,6 +96,7 @@ class ProxyServer:
             await self._proxy.cleanup()
             await self._admin.cleanup()
             raise
+        AIOHTTP_SERVER.addFilter(self._malformed)
         self.proxy_url, self.admin_url = _url(self._proxy), _url(self._admin)
         log.info("listening", proxy=self.proxy_url, admin=self.admin_url)
 
@@ -81,6 +107,7 @@ class ProxyServer:
             await asyncio.sleep(self.settings.shutdown.drain_delay)
         await self._proxy.cleanup()
         await self._admin.cleanup()
+        AIOHTTP_SERVER.removeFilter(self._malformed)
         log.info("stopped")
 
 

@@ -53,6 +53,11 @@ class Listener(Model):
     send_timeout: Duration = Field(
         60.0, description="longest wait for a client to accept the next chunk"
     )
+    escaped_slashes: Literal["reject", "keep"] = Field(
+        "reject",
+        description="a path with %2F or %5C: reject (400), or keep them encoded as data "
+        "(never a separator when matching routes; forwarded unchanged)",
+    )
 
 
 class AdminListener(Model):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fakes import Fake, start_fake
+from fakes import Fake, RawServer, answer_ok, start_fake
 
 from proxy.app import TASKS, build_metrics, create_app
 from proxy.metrics import Metrics
@@ -39,6 +39,13 @@ async def legacy(aiohttp_server: Any) -> Fake:
 @pytest.fixture
 async def agent(aiohttp_server: Any) -> Fake:
     return await start_fake(Fake("agent"), aiohttp_server)
+
+
+@pytest.fixture
+async def raw_legacy() -> AsyncIterator[RawServer]:
+    """A legacy that records the exact bytes of each whole request and answers 200."""
+    async with RawServer(answer_ok) as server:
+        yield server
 
 
 class Proxy:

@@ -221,17 +221,9 @@ async def stalled_client(port: int, path: str) -> AsyncIterator[None]:
 
 
 @dataclass
-class RawRequest:
-    """One request as it reached a :class:`RawServer`, its body de-chunked."""
-
-    head: bytes  # request line and headers, without the blank line
+class RawMessage:
+    head: bytes  # start line and headers, without the blank line
     body: bytes
-    chunked: bool  # the body came with Transfer-Encoding: chunked
-    connection: int  # which accepted connection (0, 1, ...) carried it
-
-    @property
-    def request_line(self) -> str:
-        return self.head.split(b"\r\n", 1)[0].decode()
 
     @property
     def headers(self) -> list[tuple[str, str]]:
@@ -240,6 +232,18 @@ class RawRequest:
 
     def header(self, name: str) -> list[str]:
         return [v for n, v in self.headers if n.lower() == name.lower()]
+
+
+@dataclass
+class RawRequest(RawMessage):
+    """One request as it reached a :class:`RawServer`, its body de-chunked."""
+
+    chunked: bool  # the body came with Transfer-Encoding: chunked
+    connection: int  # which accepted connection (0, 1, ...) carried it
+
+    @property
+    def request_line(self) -> str:
+        return self.head.split(b"\r\n", 1)[0].decode()
 
 
 class RawConn:
@@ -352,3 +356,78 @@ class RawServer:
         finally:
             writer.close()
             self._tasks.discard(task)
+
+
+async def answer_ok(conn: RawConn) -> None:
+    """A :class:`RawServer` handler: ``200 ok`` to every whole request. A body
+    cut off midway ends the connection unrecorded, so ``RawServer.requests``
+    holds complete requests only."""
+    with contextlib.suppress(asyncio.IncompleteReadError):
+        while await conn.request() is not None:
+            await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+@dataclass
+class RawResponse(RawMessage):
+    """One answer as a :class:`RawClient` read it."""
+
+    @property
+    def status_line(self) -> str:
+        return self.head.split(b"\r\n", 1)[0].decode("latin-1")
+
+    @property
+    def status(self) -> int:
+        return int(self.status_line.split(" ", 2)[1])
+
+
+class RawClient:
+    """A client connection that sends exact bytes (no HTTP library would send
+    most of them) and reads the answers one by one."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(cls, port: int) -> AsyncIterator[RawClient]:
+        client = cls(*await asyncio.open_connection("127.0.0.1", port))
+        try:
+            yield client
+        finally:
+            client.writer.close()
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def response(self, within: float = 10.0) -> RawResponse:
+        """The next answer (a 1xx too), its body read by Content-Length."""
+        async with asyncio.timeout(within):
+            head = (await self.reader.readuntil(b"\r\n\r\n"))[:-4]
+            answer = RawResponse(head, b"")
+            if length := answer.header("content-length"):
+                answer.body = await self.reader.readexactly(int(length[0]))
+        return answer
+
+    async def closed(self, within: float = 10.0) -> bool:
+        """True once the proxy closed the connection (nothing more came)."""
+        try:
+            async with asyncio.timeout(within):
+                return await self.reader.read(1) == b""
+        except ConnectionError:
+            return True
+        except TimeoutError:
+            return False
+
+
+async def forwarded(port: int, backend: RawServer) -> list[RawRequest]:
+    """The requests that reached ``backend`` through the proxy on ``port``
+    before a canary sent now: once the canary is answered, anything the
+    exchange under test was going to forward has arrived."""
+    async with RawClient.connect(port) as canary:
+        await canary.send(b"GET /canary HTTP/1.1\r\nHost: canary.example\r\n\r\n")
+        assert (await canary.response()).status == 200
+    *before, last = backend.requests
+    assert last.request_line == "GET /canary HTTP/1.1"
+    return before

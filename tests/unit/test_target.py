@@ -1,0 +1,47 @@
+"""Request targets and forwarding headers as tables (the integration tests in
+test_targets.py send the same paths through a running proxy)."""
+
+from __future__ import annotations
+
+import pytest
+from multidict import CIMultiDict
+
+from proxy.headers import to_upstream
+from proxy.target import routing_path
+
+
+@pytest.mark.parametrize(
+    ("raw_path", "decoded", "keep", "matched"),
+    [
+        ("/a/b?x=%2F", "/a/b", False, "/a/b"),
+        ("//a///b", "//a///b", False, "/a/b"),
+        ("/a;v=1/b;c", "/a;v=1/b;c", False, "/a/b"),
+        ("/a/;x/b", "/a/;x/b", False, "/a/b"),  # cut first, then merged
+        ("/a%2Fb%2fc%5Cd", "/a/b/c\\d", True, "/a%2Fb%2Fc%5Cd"),
+        ("/%61%2F%62?q=%2F", "/a/b", True, "/a%2Fb"),
+        ("/a%252Fb", "/a%2Fb", True, "/a%2Fb"),  # a literal %2F after one decoding
+    ],
+)
+def test_routes_match_the_path_a_permissive_backend_would_read(
+    raw_path: str, decoded: str, keep: bool, matched: str
+) -> None:
+    assert routing_path(raw_path, decoded, keep_escaped_slashes=keep) == matched
+
+
+@pytest.mark.parametrize(
+    ("client_ip", "host", "forwarded"),
+    [
+        ("10.0.0.9", "shop.example", "for=10.0.0.9;host=shop.example;proto=https"),
+        ("2001:db8::1", "a.example:8443", 'for="[2001:db8::1]";host="a.example:8443";proto=https'),
+        (None, 'a"b\\c', 'host="a\\"b\\\\c";proto=https'),
+    ],
+)  # fmt: skip
+def test_forwarded_is_the_proxys_own_element_quoted_as_rfc_7239_says(
+    client_ip: str | None, host: str, forwarded: str
+) -> None:
+    client = CIMultiDict(
+        [("Host", host), ("Forwarded", "for=evil;host=evil;proto=http"), ("X-Forwarded-Host", "x")]
+    )
+    out = to_upstream(client, client_ip=client_ip, scheme="https", preserve_host=False)
+    assert out.getall("Forwarded") == [forwarded]
+    assert out.getall("X-Forwarded-Host") == [host]

@@ -74,6 +74,7 @@ RESTART_ONLY = (
     "backends",
     "shutdown",
     "logging",
+    "redaction",
     "state_file",
     "metrics",
     "reload_interval",

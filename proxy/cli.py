@@ -115,7 +115,7 @@ def run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> Non
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _load(args.config)
-    logs.configure(settings.logging)
+    logs.configure(settings.logging, redactor=settings.redaction.redactor())
     try:
         run_async(lambda stop: serve(settings, stop, args.config))
     except ConfigError as exc:
@@ -129,7 +129,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _load(args.file)
-    normalized = settings.model_dump(mode="json", exclude_none=True)
+    # Nulls stay: some mean "off" (a gate), and the output must load back the same.
+    normalized = settings.model_dump(mode="json")
     print(yaml.safe_dump(normalized, sort_keys=False), end="")
     return 0
 
@@ -148,7 +149,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"error: demo config {args.config} not found; pass --config FILE", file=sys.stderr)
         return EXIT_CONFIG
     settings = _load(args.config)
-    logs.configure(settings.logging, stream=sys.stderr)
+    logs.configure(settings.logging, sys.stderr, settings.redaction.redactor())
     options = DemoOptions.from_args(args)
     try:
         run_async(lambda stop: run_demo(settings, options, stop))

@@ -13,6 +13,7 @@ from typing import Any, TextIO
 import orjson
 import structlog
 
+from proxy.redaction import Redactor
 from proxy.settings import LoggingSettings
 
 
@@ -20,8 +21,15 @@ def _dumps(event: Any, **_: Any) -> str:
     return orjson.dumps(event, default=repr).decode()
 
 
-def configure(settings: LoggingSettings, stream: TextIO | None = None) -> None:
+def configure(
+    settings: LoggingSettings,
+    stream: TextIO | None = None,
+    redactor: Redactor | None = None,
+) -> None:
+    """structlog events and standard-library records (aiohttp's, asyncio's) alike
+    become one line each on ``stream``, redacted last before rendering."""
     stream = stream or sys.stdout
+    redactor = redactor or Redactor()
     fmt = settings.format
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
@@ -30,20 +38,42 @@ def configure(settings: LoggingSettings, stream: TextIO | None = None) -> None:
         if fmt == "console"
         else structlog.processors.JSONRenderer(serializer=_dumps)
     )
+    level = logging.getLevelNamesMapping()[settings.level.upper()]
+    shared: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *shared,
             structlog.processors.format_exc_info,
+            redactor,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[settings.level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=True,
     )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.stdlib.ExtraAdder(allow=("reason",)),
+                *shared,
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                redactor,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(level, logging.INFO))  # aiohttp's debug chatter stays out
 
 
 def truncate(value: Any, limit: int) -> Any:

@@ -36,6 +36,7 @@ from yarl import URL
 import comparators
 from proxy.errors import ConfigError
 from proxy.policy import BreakerConfig, FallbackConfig, RetryConfig, RolloutConfig
+from proxy.redaction import Redactor
 from proxy.units import ByteSize, Duration
 
 UNMATCHED_ROUTE = "unmatched"
@@ -89,6 +90,9 @@ class Backend(Model):
             raise ValueError("must be an absolute http:// or https:// URL with a host")
         if url.query_string or url.fragment:
             raise ValueError("must not carry a query string or fragment")
+        if url.raw_user is not None or url.raw_password is not None:
+            # They would be ignored (and shown wherever the URL is): say so.
+            raise ValueError("must not carry credentials (user:password@)")
         return value.rstrip("/")
 
     @field_validator("timeout", "connect_timeout")
@@ -288,6 +292,35 @@ class LoggingSettings(Model):
     max_value_chars: int = Field(200, ge=16, description="longer values are truncated")
 
 
+class RedactionSettings(Model):
+    """What never reaches a log line or a recorded sample. Each list adds to the
+    built-in one (see proxy/redaction.py), so a config cannot unmask Authorization."""
+
+    headers: tuple[str, ...] = Field((), description="more header names whose values are masked")
+    fields: tuple[str, ...] = Field(
+        (), description="more JSON field / query parameter names whose values are masked"
+    )
+    patterns: tuple[str, ...] = Field((), description="more regular expressions to mask")
+
+    @field_validator("patterns")
+    @classmethod
+    def _compiles(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
+        for i, pattern in enumerate(patterns):
+            shown = repr(pattern) if len(pattern) <= 60 else repr(pattern[:57]) + "..."
+            try:
+                compiled = re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {i} ({shown}) is not a valid regex: {exc}") from None
+            except (OverflowError, RecursionError):  # a{99999999999}, ((((...
+                raise ValueError(f"pattern {i} ({shown}) is too large to compile") from None
+            if compiled.match(""):
+                raise ValueError(f"pattern {i} ({shown}) matches the empty string")
+        return patterns
+
+    def redactor(self) -> Redactor:
+        return Redactor(self.headers, self.fields, self.patterns)
+
+
 class RoutingSettings(Model):
     force_header: str | None = Field(
         None, description="a request header whose value legacy|agent forces the backend"
@@ -319,6 +352,7 @@ class Settings(BaseSettings):
     reload_interval: Duration = Field(2.0, description="how often the config file is checked")
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
+    redaction: RedactionSettings = RedactionSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
 
     @classmethod

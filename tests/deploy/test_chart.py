@@ -266,6 +266,7 @@ RESTART_CHANGES: dict[str, Any] = {
     "backends": {"legacy": {"timeout": "9s"}},
     "shutdown": {"timeout": "9s"},
     "logging": {"level": "debug"},
+    "redaction": {"fields": ["date_of_birth"]},
     "state_file": "/elsewhere/state.json",
     "metrics": {"agreement_window": 50},
     "reload_interval": "9s",

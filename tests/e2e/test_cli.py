@@ -39,6 +39,23 @@ def test_check_config_prints_the_normalized_config() -> None:
     assert [r["name"] for r in normalized["routes"]] == ["classify", "search", "legacy-only"]
 
 
+def test_check_config_output_loads_back_the_same_with_a_gate_turned_off(tmp_path: Path) -> None:
+    """A null that means "off" survives: printed, re-read, printed again, unchanged."""
+    first = tmp_path / "first.yaml"
+    first.write_text(
+        "backends: {legacy: {url: 'http://h:1'}, agent: {url: 'http://a:2'}}\n"
+        "routes: [{name: r, match: {prefix: /}, rollout: {gates: {max_latency_ratio: null}}}]\n"
+    )
+    printed = cli("check-config", str(first))
+    assert printed.returncode == 0, printed.stderr
+    assert (
+        yaml.safe_load(printed.stdout)["routes"][0]["rollout"]["gates"]["max_latency_ratio"] is None
+    )
+    second = tmp_path / "second.yaml"
+    second.write_text(printed.stdout)
+    assert cli("check-config", str(second)).stdout == printed.stdout
+
+
 def test_check_config_names_each_bad_field_and_exits_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(
@@ -75,12 +92,15 @@ class Running:
         return int(line.split()[1]) / 1024
 
 
-async def start_cli(config: dict[str, Any], tmp_path: Path) -> Running:
+async def start_cli(
+    config: dict[str, Any], tmp_path: Path, *, stderr: int | None = None
+) -> Running:
+    """``stderr=asyncio.subprocess.PIPE`` keeps it for the test to read."""
     path = tmp_path / "proxy.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_PROXY_")}
     process = await asyncio.create_subprocess_exec(
-        CLI, "run", "--config", str(path), stdout=asyncio.subprocess.PIPE, env=env
+        CLI, "run", "--config", str(path), stdout=asyncio.subprocess.PIPE, stderr=stderr, env=env
     )
     assert process.stdout is not None
     while True:

@@ -62,6 +62,10 @@ over it (listeners, backend URLs, token file, state file).
 {{- if ne .Values.mode "standalone" }}
 {{- $legacy = printf "http://127.0.0.1:%v" .Values.legacy.port }}
 {{- end }}
+{{- /* The admin listener binds to 127.0.0.1 unless told otherwise; the chart
+       opens it on purpose, because Prometheus and the kubelet's probes reach
+       it from outside the container. Reads (metrics, health, rollout status)
+       are open; every write needs the bearer token from the Secret. */}}
 {{- $owned := dict
   "listen" (dict "host" "0.0.0.0" "port" .Values.proxy.port)
   "admin" (dict "host" "0.0.0.0" "port" .Values.proxy.adminPort "token_file" "/var/run/secrets/shadow-proxy/token")
@@ -99,7 +103,7 @@ new split or route only updates the ConfigMap and is reloaded in place.
 */}}
 {{- define "shadow-proxy.restartChecksum" -}}
 {{- $cfg := include "shadow-proxy.config" . | fromYaml }}
-{{- $keys := list "listen" "admin" "backends" "shutdown" "logging" "state_file" "metrics" "reload_interval" }}
+{{- $keys := list "listen" "admin" "backends" "shutdown" "logging" "redaction" "state_file" "metrics" "reload_interval" }}
 {{- $restart := dict "token" (.Values.adminToken.value | default "") }}
 {{- range $keys }}
 {{- $_ := set $restart . (get $cfg .) }}

@@ -1,0 +1,140 @@
+"""The Redactor: what is masked, and what evidence survives it."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from typing import Any
+
+import pytest
+import structlog
+
+from proxy import logs
+from proxy.errors import ConfigError
+from proxy.redaction import MASK, Redactor, luhn
+from proxy.settings import LoggingSettings, settings_from
+
+R = Redactor(fields=["pin"], patterns=[r"ACME-\d{4}"])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("/api?api_key=abc123&page=2", f"/api?api_key={MASK}&page=2"),
+        ("/api?Access_Token=abc;x=1", f"/api?Access_Token={MASK};x=1"),
+        ('{"password": "hunter2", "a": 1}', f'{{"password": "{MASK}", "a": 1}}'),
+        ('{"token":"cut short…(+40)', f'{{"token":"{MASK}"'),  # JSON truncated mid-value
+        ("password='x y' next", f"password='{MASK}' next"),
+        ("Authorization: Bearer abc.def-ghi_jkl", f"Authorization: {MASK}"),
+        ("basic dXNlcjpwYXNzd29yZA==", MASK),
+        ("key sk-proj-abcdefghijklmnop1234", f"key {MASK}"),
+        ("aws AKIAABCDEFGHIJKLMNOP", f"aws {MASK}"),
+        ("jwt eyJhbGciOiJI.eyJzdWIiOiIx.SflKxwRJSMeKKF2QT4", f"jwt {MASK}"),
+        ("mail joe.doe+x@mail.example.co.uk now", f"mail {MASK} now"),
+        ("http://user:pa55@host:80/x", f"http://{MASK}@host:80/x"),
+        ("card 4111 1111 1111 1111 ok", f"card {MASK} ok"),
+        ("card 5500-0000-0000-0004", f"card {MASK}"),
+        ("order 1234567890123456", "order 1234567890123456"),  # fails Luhn: an id, kept
+        ("version 1.2.3 and 3.14159265358979", "version 1.2.3 and 3.14159265358979"),
+        ("pin=1234 and ACME-0042", f"pin={MASK} and {MASK}"),  # configured field and pattern
+        ("token_usage=5 tokens: 4", "token_usage=5 tokens: 4"),  # names, not prefixes
+        ("nothing to see here", "nothing to see here"),
+    ],
+)
+def test_text_masks_secret_shapes_and_keeps_the_rest(text: str, expected: str) -> None:
+    assert R.text(text) == expected
+
+
+def test_a_mapping_masks_sensitive_keys_at_any_depth_and_keeps_others() -> None:
+    event = {
+        "event": "x",
+        "headers": {"Authorization": "a", "Set-Cookie": ["b", "c"], "Accept": "json"},
+        "nested": [{"client_secret": "d", "id": 7}],
+        "token": None,  # nothing to mask: stays None, so absence is still visible
+    }
+    assert R.mapping(event) == {
+        "event": "x",
+        "headers": {"Authorization": MASK, "Set-Cookie": MASK, "Accept": "json"},
+        "nested": [{"client_secret": MASK, "id": 7}],
+        "token": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "masked"),
+    [
+        ("$.user.password", True),
+        ("$['user']['api_key']", True),
+        ("headers.set-cookie", True),
+        ("$.items[3].token", True),
+        ("$.user.name", False),
+        ("$.tokens_used", False),
+    ],
+)
+def test_a_difference_about_a_secret_keeps_its_path_and_kind_only(path: str, masked: bool) -> None:
+    difference = {"path": path, "kind": "changed", "legacy": "s3cret-1", "agent": "s3cret-2"}
+    out = R.mapping(difference)
+    assert out["path"] == path and out["kind"] == "changed"
+    assert (out["legacy"], out["agent"]) == ((MASK, MASK) if masked else ("s3cret-1", "s3cret-2"))
+
+
+def test_a_request_path_naming_a_secret_does_not_mask_the_event() -> None:
+    event = {"event": "mismatch", "path": "/api/token/refresh", "score": 0.5}
+    assert R.mapping(event) == event
+
+
+def test_bytes_and_sets_are_scanned_too() -> None:
+    assert R.value(b"password=x") == f"password={MASK}"
+    assert R.value({"a@b.io"}) == [MASK]
+
+
+@pytest.mark.parametrize("digits", ["4111111111111111", "5500000000000004", "378282246310005"])
+def test_luhn_accepts_test_card_numbers(digits: str) -> None:
+    assert luhn(digits)
+    assert not luhn(digits[:-1] + str((int(digits[-1]) + 1) % 10))
+
+
+@pytest.mark.parametrize(
+    ("patterns", "problem"),
+    [
+        (["(unclosed"], "redaction.patterns: Value error, pattern 0 ('(unclosed') is not a valid"),
+        (
+            ["ok", "x*"],
+            "redaction.patterns: Value error, pattern 1 ('x*') matches the empty string",
+        ),
+    ],
+)
+def test_a_bad_pattern_is_a_config_error_naming_it(patterns: list[str], problem: str) -> None:
+    data = {"backends": {"legacy": {"url": "http://h:1"}}, "redaction": {"patterns": patterns}}
+    with pytest.raises(ConfigError) as caught:
+        settings_from(data)
+    assert any(
+        line.startswith(problem.replace("Value error, ", "")) for line in caught.value.problems
+    )
+
+
+def test_configured_logging_redacts_structlog_and_stdlib_records_alike() -> None:
+    stream = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    logs.configure(LoggingSettings(format="json"), stream, Redactor())
+    try:
+        structlog.get_logger("t").info("event", authorization="Bearer abcdefgh12345678")
+        logging.getLogger("aiohttp.server").error("bad request from a@b.io?token=zzz")
+        try:
+            raise ValueError("password=hunter2")
+        except ValueError:
+            logging.getLogger("asyncio").exception("task failed")
+    finally:
+        structlog.reset_defaults()
+        root.handlers[:], root.level = handlers, level
+    lines: list[dict[str, Any]] = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["event"] for line in lines] == [
+        "event",
+        f"bad request from {MASK}?token={MASK}",
+        "task failed",
+    ]
+    assert lines[0]["authorization"] == MASK
+    assert lines[1]["logger"] == "aiohttp.server"
+    assert "hunter2" not in stream.getvalue() and "ValueError" in lines[2]["exception"]

@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps demo test lint unit schema bench clean
+.PHONY: install system-deps demo test lint unit schema bench soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ test: lint system-deps
 # bench/results/latest.json. Options: make bench ARGS="--duration 10 --repeat 5"
 bench: install system-deps
 	$(BIN)/python -m bench $(ARGS)
+
+# Mixed traffic through the proxy while the agent fails at random (10 min by
+# default); checks client errors, the proxy's counters and RSS growth.
+# Options: make soak ARGS="--duration 120 --rate 200"
+soak: install
+	$(BIN)/python -m bench.soak $(ARGS)
 
 schema: install
 	$(BIN)/shadow-proxy schema > config/schema.json

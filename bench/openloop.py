@@ -22,7 +22,7 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from time import perf_counter
 from urllib.parse import urlsplit
@@ -52,6 +52,24 @@ class Connection:
         self, request: bytes, first_byte: Callable[[], None] | None = None
     ) -> tuple[int, bool]:
         """Send one request, read the whole answer: (status, still usable)."""
+        on_data = None
+        if first_byte is not None:
+            fired = first_byte
+
+            def on_data(_: bytes) -> None:
+                nonlocal fired
+                if fired is not None:
+                    fired()
+                    fired = None
+
+        status, _, keep = await self.exchange(request, on_data)
+        return status, keep
+
+    async def exchange(
+        self, request: bytes, on_data: Callable[[bytes], None] | None = None
+    ) -> tuple[int, dict[bytes, bytes], bool]:
+        """Send one request, read the whole answer: (status, headers with lower-case
+        names and values, still usable); each piece of the body goes to ``on_data``."""
         self.writer.write(request)
         head = await self.reader.readuntil(b"\r\n\r\n")
         lines = head.split(b"\r\n")
@@ -62,26 +80,24 @@ class Connection:
             headers[name.strip().lower()] = value.strip().lower()
         keep = headers.get(b"connection") != b"close"
         if b"chunked" in headers.get(b"transfer-encoding", b""):
-            await self._chunked(first_byte)
+            await self._chunked(on_data)
         elif b"content-length" in headers:
             left = int(headers[b"content-length"])
             while left > 0:
                 data = await self.reader.read(min(left, 1 << 20))
                 if not data:
                     raise ConnectionError("closed mid-body")
-                if first_byte is not None:
-                    first_byte()
-                    first_byte = None
+                if on_data is not None:
+                    on_data(data)
                 left -= len(data)
         else:
             while data := await self.reader.read(1 << 20):
-                if first_byte is not None:
-                    first_byte()
-                    first_byte = None
+                if on_data is not None:
+                    on_data(data)
             keep = False
-        return status, keep
+        return status, headers, keep
 
-    async def _chunked(self, first_byte: Callable[[], None] | None) -> None:
+    async def _chunked(self, on_data: Callable[[bytes], None] | None) -> None:
         reader = self.reader
         while True:
             size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
@@ -89,10 +105,20 @@ class Connection:
                 while await reader.readuntil(b"\r\n") != b"\r\n":
                     pass  # trailers
                 return
-            await reader.readexactly(size + 2)
-            if first_byte is not None:
-                first_byte()
-                first_byte = None
+            chunk = await reader.readexactly(size + 2)
+            if on_data is not None:
+                on_data(chunk[:-2])
+
+
+async def ticks(rate: float, total: int) -> AsyncIterator[float]:
+    """``total`` send times, ``rate`` per second, each yielded when it comes."""
+    start = perf_counter() + 0.01
+    for i in range(total):
+        scheduled = start + i / rate
+        # uvloop's timers count whole milliseconds and may fire early: never send early
+        while (delay := scheduled - perf_counter()) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(delay)
+        yield scheduled
 
 
 def _stamp(times: list[float]) -> None:
@@ -142,12 +168,7 @@ async def fixed_rate(url: str, rate: float, duration: float) -> dict[str, object
 
     tasks: set[asyncio.Task[None]] = set()
     total = int(rate * duration)
-    start = perf_counter() + 0.01
-    for i in range(total):
-        scheduled = start + i / rate
-        # uvloop's timers count whole milliseconds and may fire early: never send early
-        while (delay := scheduled - perf_counter()) > 0:  # noqa: ASYNC110
-            await asyncio.sleep(delay)
+    async for scheduled in ticks(rate, total):
         task = asyncio.create_task(one(scheduled))
         tasks.add(task)
         task.add_done_callback(tasks.discard)

@@ -25,6 +25,9 @@ _SEPARATOR = re.compile(r"[/\\]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PARAMETERS = re.compile(r";[^/]*")
 _REPEATED_SLASHES = re.compile(r"//+")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# Lead bytes that only ever start an overlong (non-shortest) UTF-8 form.
+_OVERLONG = re.compile(r"%(?:c[01]|e0%[89]|f0%8)", re.IGNORECASE)
 
 
 _HTTP_1 = ((1, 0), (1, 1))
@@ -70,7 +73,15 @@ def has_dot_segments(path: str) -> bool:
     forms once decoded) would match one route here and reach another."""
     if "." not in path:
         return False
-    return any(s.partition(";")[0] in (".", "..") for s in _SEPARATOR.split(path))
+    return any(_is_dots(s.partition(";")[0]) for s in _SEPARATOR.split(path))
+
+
+def _is_dots(segment: str) -> bool:
+    """``.`` and ``..``, also as Windows reads them: trailing dots and spaces
+    are dropped there, so ``.. `` and ``...`` are ``..`` too."""
+    return segment in (".", "..") or (
+        segment.startswith(".") and not segment.rstrip(". ") and len(segment) > 1
+    )
 
 
 def path_refusal(raw_path: str, path: str, *, keep_escaped_slashes: bool) -> str | None:
@@ -86,8 +97,13 @@ def path_refusal(raw_path: str, path: str, *, keep_escaped_slashes: bool) -> str
         return "the request target carries a fragment"
     if "\\" in raw:
         return "the path contains a backslash"
-    if not keep_escaped_slashes and "%" in raw and _ESCAPED_SEPARATOR.search(raw):
-        return "the path contains an encoded slash or backslash (%2F, %5C)"
+    if "%" in raw:
+        if _BAD_ESCAPE.search(raw):  # %u002e (IIS) and other non-RFC 3986 escapes
+            return "the path contains a malformed percent-escape"
+        if _OVERLONG.search(raw):  # %c0%ae: a lenient UTF-8 decoder reads "."
+            return "the path contains an overlong UTF-8 sequence"
+        if not keep_escaped_slashes and _ESCAPED_SEPARATOR.search(raw):
+            return "the path contains an encoded slash or backslash (%2F, %5C)"
     if _CONTROL.search(path):
         return "the path contains a control character"
     if has_dot_segments(path):

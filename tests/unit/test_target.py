@@ -3,11 +3,13 @@ test_targets.py send the same paths through a running proxy)."""
 
 from __future__ import annotations
 
+from urllib.parse import unquote
+
 import pytest
 from multidict import CIMultiDict
 
 from proxy.headers import to_upstream
-from proxy.target import routing_path
+from proxy.target import path_refusal, routing_path
 
 
 @pytest.mark.parametrize(
@@ -26,6 +28,30 @@ def test_routes_match_the_path_a_permissive_backend_would_read(
     raw_path: str, decoded: str, keep: bool, matched: str
 ) -> None:
     assert routing_path(raw_path, decoded, keep_escaped_slashes=keep) == matched
+
+
+@pytest.mark.parametrize(
+    ("raw_path", "refused"),
+    [
+        ("/public/%u002e%u002e/internal/x", "malformed percent-escape"),  # IIS %u
+        ("/a/100%", "malformed percent-escape"),
+        ("/a/%zz", "malformed percent-escape"),
+        ("/public/%c0%ae%c0%ae/internal/x", "overlong UTF-8"),  # a lenient decoder reads ".."
+        ("/public/%e0%80%ae/x", "overlong UTF-8"),
+        ("/public/..%20/internal/x", ". or .. segment"),  # Windows drops trailing spaces
+        ("/public/.../internal/x", ". or .. segment"),  # ...and trailing dots
+        ("/a/b.json", None),
+        ("/.well-known/openid-configuration", None),
+        ("/a/.hidden/..b/b..", None),
+        ("/caf%C3%A9/%E0%A4%A4%20x?q=100%", None),  # valid UTF-8; the query is not the path
+    ],
+)
+def test_paths_that_some_backend_reads_as_dot_segments_are_refused(
+    raw_path: str, refused: str | None
+) -> None:
+    decoded = unquote(raw_path.partition("?")[0])
+    problem = path_refusal(raw_path, decoded, keep_escaped_slashes=False)
+    assert (problem is None) if refused is None else (refused in (problem or "")), problem
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ names (``Set-Cookie``) kept.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 
@@ -89,6 +90,7 @@ def to_upstream(
     return out
 
 
+@functools.lru_cache(maxsize=1024)  # a few peers and hosts: built once, not per request
 def _forwarded(client_ip: str | None, host: str | None, scheme: str) -> str:
     """This hop's ``Forwarded`` element: ``for=...;host=...;proto=...``."""
     pairs = []

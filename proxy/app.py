@@ -167,7 +167,7 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
     agent = Upstream(AGENT, settings.backends.agent) if settings.backends.agent else None
     await legacy.start()
     shadow = agent_path = None
-    evidence = Evidence(metrics, settings.logging)
+    evidence = Evidence(metrics, settings.logging, settings.redaction.redactor())
     if agent is not None:
         await agent.start()
         live_wait = settings.backends.legacy.timeout + settings.listen.send_timeout

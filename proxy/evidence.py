@@ -18,8 +18,9 @@ import structlog
 
 from comparators import Comparator, Comparison, Verdict, compare
 from proxy.headers import trace_id
-from proxy.logs import truncate
+from proxy.logs import bounded
 from proxy.metrics import Metrics
+from proxy.redaction import Redactor
 from proxy.settings import LoggingSettings
 from proxy.types import AGENT, Observation
 from proxy.window import EvidenceWindow
@@ -138,8 +139,11 @@ async def judge(
 
 
 class Evidence:
-    def __init__(self, metrics: Metrics, logging: LoggingSettings) -> None:
+    def __init__(
+        self, metrics: Metrics, logging: LoggingSettings, redactor: Redactor | None = None
+    ) -> None:
         self._metrics = metrics
+        self._redactor = redactor or Redactor()
         self._logging = logging
         self._lane = Lane()
 
@@ -189,13 +193,16 @@ class Evidence:
         self, exchange: Exchange, live: Observation, agent: Observation, result: Comparison
     ) -> None:
         cap, chars = self._logging.max_differences, self._logging.max_value_chars
+        redactor = self._redactor
         differences = [
-            {
-                "path": d.path,
-                "kind": d.kind.value,
-                "legacy": truncate(d.legacy, chars),
-                "agent": truncate(d.agent, chars),
-            }
+            redactor.mapping(
+                {
+                    "path": d.path,
+                    "kind": d.kind.value,
+                    "legacy": bounded(d.legacy, chars, redactor),
+                    "agent": bounded(d.agent, chars, redactor),
+                }
+            )
             for d in result.differences[:cap]
         ]
         log.info(
@@ -205,7 +212,7 @@ class Evidence:
             trace_id=trace_id(exchange.traceparent),
             served_by=exchange.served_by,
             method=exchange.method,
-            path=truncate(exchange.raw_path, chars),
+            path=bounded(exchange.raw_path, chars, redactor),
             legacy_ms=round(live.latency * 1000, 2),
             agent_ms=round(agent.latency * 1000, 2),
             legacy_status=live.status,

@@ -56,6 +56,7 @@ def configure(
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(stream)
+    handler.setLevel(level)  # filters may lower a record's level after the logger's check
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[
@@ -74,6 +75,16 @@ def configure(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(level, logging.INFO))  # aiohttp's debug chatter stays out
+
+
+# Redaction sees this much past the limit, so a secret the cut would split
+# (and no longer match) is masked whole first.
+REDACTION_SLACK = 1024
+
+
+def bounded(value: Any, limit: int, redactor: Redactor) -> Any:
+    """A value for a log event: redacted, then truncated to ``limit``."""
+    return truncate(redactor.value(truncate(value, limit + REDACTION_SLACK)), limit)
 
 
 def truncate(value: Any, limit: int) -> Any:

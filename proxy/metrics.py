@@ -9,6 +9,7 @@ lookup, not a label-tuple validation, per observation.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -21,6 +22,7 @@ from comparators import Comparison, Verdict
 from comparators.paths import generalize
 from proxy.agreement import RollingAgreement
 from proxy.fallback import FallbackReason
+from proxy.redaction import Redactor
 from proxy.types import Mode, ShadowOutcome
 
 LATENCY_BUCKETS = (
@@ -239,7 +241,7 @@ class Metrics:
         return self._agreement.get(route)
 
     def _path_label(self, route: str, path: str) -> str:
-        label = generalize(path)
+        label = _path_label(path)
         seen = self._paths.setdefault(route, set())
         if label in seen:
             return label
@@ -247,3 +249,13 @@ class Metrics:
             seen.add(label)
             return label
         return OTHER_PATH
+
+
+_REDACTOR = Redactor()
+
+
+@functools.lru_cache(maxsize=4096)
+def _path_label(path: str) -> str:
+    """A mismatching field's path as a label: indexes generalized, and keys
+    that are data (an e-mail used as a key) masked, since /metrics is open."""
+    return _REDACTOR.text(generalize(path))

@@ -50,22 +50,36 @@ FIELDS = (
     "apikey",
     "private_key",
     "session",
+    "session_id",
     "card_number",
     "cvv",
     "ssn",
 )
+# A key ending in one of these words is a secret's too: newPassword,
+# DB_PASSWORD, x-csrf-token, clientSecret (but not max_tokens, token_count).
+SUFFIXES = ("password", "passwd", "secret", "token")
+# Every pattern runs in linear time: runs are bounded and anchored so that a
+# long adversarial string (a malformed request line is logged) costs little.
 PATTERNS = {
-    "url_credentials": r"(?<=://)[^/\s:@]+:[^/\s@]+(?=@)",
-    "bearer": r"\b(?i:bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}",
+    "url_credentials": r"(?<=://)[^/\s:@]{1,256}:[^/\s@]{1,256}(?=@)",
+    # a credential has a digit or '=' somewhere: "basic reasoning" is prose
+    "bearer": r"\b(?i:bearer|basic)\s+(?=[A-Za-z._~+/-]{0,512}[0-9=])[A-Za-z0-9._~+/=-]{6,}",
     "api_key": r"\b(?:sk|pk|rk)-[A-Za-z0-9_-]{16,}|\bAKIA[0-9A-Z]{16}\b"
     r"|\bgh[pousr]_[A-Za-z0-9]{30,}|\bxox[abprs]-[A-Za-z0-9-]{10,}"
     r"|\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
-    "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
+    "email": r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]{1,64}@"
+    r"(?:[A-Za-z0-9-]{1,63}\.){1,8}[A-Za-z]{2,24}\b",
 }
-# 13 to 19 digits, optionally grouped by spaces or dashes; masked only when
-# the Luhn check passes.
-_CARD = re.compile(r"(?<![\d.])\d(?:[ -]?\d){12,18}(?![\d.])")
-_NAMES = re.compile(r"[A-Za-z0-9_-]+")
+# Card numbers: 13 to 19 digits starting 2-6 (so epoch-millisecond timestamps
+# and most ids do not qualify), plain or in groups of four (Amex 4-6-5) with
+# one separator; masked only when the Luhn check passes.
+_CARD = re.compile(
+    r"(?<![\d.])(?:[2-6]\d{12,18}|[2-6]\d{3}([ -])\d{4}\1\d{4}\1\d{1,7}"
+    r"|3[47]\d{2}([ -])\d{6}\2\d{5})(?![\d.])"
+)
+_WORDS = re.compile(r"[a-z0-9]+")
+_KEYS = re.compile(r"[A-Za-z0-9_-]+")  # the keys along a difference path
+_CAMEL = re.compile(r"([a-z0-9])([A-Z])")
 # A difference names its field in ``path`` and carries both sides' values.
 _VALUE_KEYS = ("legacy", "agent", "expected", "actual")
 
@@ -96,22 +110,42 @@ class Redactor:
     ) -> None:
         self.names = frozenset(n.lower() for n in (*HEADERS, *FIELDS, *headers, *fields))
         alternatives = "|".join(re.escape(n) for n in sorted(self.names, key=len, reverse=True))
+        suffixes = "|".join(SUFFIXES)
+        name = rf"(?:{alternatives}|[\w-]{{0,40}}?(?:{suffixes}))"
+        header_names = "|".join(
+            re.escape(n.lower()) for n in sorted({*HEADERS, *headers}, key=len, reverse=True)
+        )
+        # "Authorization: Token abc", "Cookie: a=1; b=2": the rest of the line
+        self._header_lines = re.compile(
+            rf"""(?i)((?<!["'\w-])(?:{header_names})\s*:[ \t]*)(?!\[REDACTED\])[^\r\n]+"""
+        )
         # name=value (query, form, console) and "name": value (JSON cut to text)
         self._pairs = re.compile(
-            rf"""(?i)(["']?(?<![\w-])(?:{alternatives})["']?\s*[:=]\s*)"""
+            rf"""(?i)(["']?(?<![\w-]){name}["']?\s*[:=]\s*)"""
             r"""(\[REDACTED\]|"(?:[^"\\]|\\.)*"?|'[^']*'?|[^\s&;,}\]"']+)"""
         )
         builtin = re.compile("|".join(f"(?:{p})" for p in PATTERNS.values()))
         self._patterns = [builtin, *(re.compile(p) for p in patterns)]
 
-    def sensitive(self, name: str) -> bool:
-        """Is this header or field name, or any name in this path, a secret's?"""
-        lowered = name.lower()
-        return lowered in self.names or any(part in self.names for part in _NAMES.findall(lowered))
+    def sensitive_key(self, key: str) -> bool:
+        """A header or field name of a secret: listed, ending in a secret's
+        word (``newPassword``, ``x-csrf-token``) or in a listed two-word name
+        (``user_api_key``)."""
+        lowered = key.lower()
+        if lowered in self.names:
+            return True
+        words = _WORDS.findall(_CAMEL.sub(r"\1_\2", key).lower())
+        return bool(words) and (words[-1] in SUFFIXES or "_".join(words[-2:]) in self.names)
+
+    def sensitive(self, path: str) -> bool:
+        """Does any key along this difference path (``$.user.newPassword``,
+        ``headers.set-cookie``) name a secret?"""
+        return any(self.sensitive_key(k) for k in _KEYS.findall(path))
 
     def text(self, value: str) -> str:
         for pattern in self._patterns:  # first, so "Authorization: Bearer x" loses all of it
             value = pattern.sub(MASK, value)
+        value = self._header_lines.sub(rf"\1{MASK}", value)
         value = self._pairs.sub(_masked_pair, value)
         return _CARD.sub(_card, value)
 
@@ -134,7 +168,7 @@ class Redactor:
             return {k: MASK if k in _VALUE_KEYS else v for k, v in data.items()}
         return {
             k: MASK
-            if isinstance(k, str) and k.lower() in self.names and v is not None
+            if isinstance(k, str) and v is not None and self.sensitive_key(k)
             else self.value(v)
             for k, v in data.items()
         }

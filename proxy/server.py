@@ -19,7 +19,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 from proxy.admin import Health, create_admin_app
 from proxy.app import Core, build_metrics, create_app
 from proxy.errors import ConfigError
+from proxy.logs import bounded
 from proxy.metrics import Metrics
+from proxy.redaction import Redactor
 from proxy.settings import UNMATCHED_ROUTE, Settings
 
 log = structlog.get_logger("proxy.server")
@@ -32,9 +34,11 @@ class MalformedRequests(logging.Filter):
     cheap way to flood the logs). Here it becomes a one-line info event with
     the parser's reason, and a counted rejection."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, redactor: Redactor, limit: int) -> None:
         super().__init__()
         self._metrics = metrics
+        self._redactor = redactor
+        self._limit = limit
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
@@ -43,7 +47,8 @@ class MalformedRequests(logging.Filter):
             record.msg, record.args = "malformed_request", ()
             record.levelno, record.levelname = logging.INFO, "INFO"
             record.exc_info = record.exc_text = None
-            record.reason = exc.message
+            # The parser's message quotes the offending line (up to 8 KiB).
+            record.reason = bounded(exc.message, self._limit, self._redactor)
         return True
 
 
@@ -80,7 +85,9 @@ class ProxyServer:
             raise ConfigError(str(settings.admin.token_file), [problem]) from None
         admin = create_admin_app(self.metrics, self.health, self.core.controller, token)
         self._admin = web.AppRunner(admin, access_log=None, handle_signals=False)
-        self._malformed = MalformedRequests(self.metrics)
+        self._malformed = MalformedRequests(
+            self.metrics, settings.redaction.redactor(), settings.logging.max_value_chars
+        )
         self.proxy_url = ""
         self.admin_url = ""
 
@@ -105,9 +112,11 @@ class ProxyServer:
         log.info("draining", delay_s=self.settings.shutdown.drain_delay)
         if self.settings.shutdown.drain_delay:
             await asyncio.sleep(self.settings.shutdown.drain_delay)
-        await self._proxy.cleanup()
-        await self._admin.cleanup()
-        AIOHTTP_SERVER.removeFilter(self._malformed)
+        try:
+            await self._proxy.cleanup()
+            await self._admin.cleanup()
+        finally:
+            AIOHTTP_SERVER.removeFilter(self._malformed)
         log.info("stopped")
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from fakes import Fake, Reply
+from fakes import Fake, RawClient, Reply
 from test_cli import CLI, start_cli
 
 pytestmark = pytest.mark.e2e
@@ -49,6 +49,7 @@ SECRETS = {
     "agent_text_email": "txt.agent0018@example.net",
     "custom_field": "customfield0000secret0019",
     "custom_pattern": "ACME-0000-secret-0020",
+    "malformed_line": "Bearer malformed0000secret0022",
 }
 
 
@@ -124,6 +125,12 @@ async def test_no_secret_reaches_any_log_line(legacy: Fake, agent: Fake, tmp_pat
                 ) as response:
                     assert response.status == 200
                     assert await response.read() == legacy.body  # the client's answer is intact
+            # Unparseable: aiohttp's parser quotes the bad line in its message.
+            port = int(proc.proxy.rsplit(":", 1)[1])
+            async with RawClient.connect(port) as raw:
+                header = f"Authorization: {s['malformed_line']}\x01{'z' * 4000}"
+                await raw.send(f"GET / HTTP/1.1\r\n{header}\r\n\r\n".encode())
+                assert (await raw.response()).status == 400
             for _ in range(100):  # the three mismatches are logged
                 if sum(e["event"] == "mismatch" for e in proc.events) >= 3:
                     break
@@ -134,6 +141,8 @@ async def test_no_secret_reaches_any_log_line(legacy: Fake, agent: Fake, tmp_pat
         await reader
     assert (await stderr).decode() == ""  # every line, aiohttp's included, goes through the log
 
+    (malformed,) = [e for e in proc.events if e["event"] == "malformed_request"]
+    assert malformed["level"] == "info" and len(malformed["reason"]) < 400  # bounded
     mismatches = [e for e in proc.events if e["event"] == "mismatch"]
     assert len(mismatches) == 3
     differences = {d["path"]: d for d in mismatches[0]["differences"]}

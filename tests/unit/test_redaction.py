@@ -12,6 +12,7 @@ import structlog
 
 from proxy import logs
 from proxy.errors import ConfigError
+from proxy.logs import bounded, truncate
 from proxy.redaction import MASK, Redactor, luhn
 from proxy.settings import LoggingSettings, settings_from
 
@@ -40,6 +41,21 @@ R = Redactor(fields=["pin"], patterns=[r"ACME-\d{4}"])
         ("pin=1234 and ACME-0042", f"pin={MASK} and {MASK}"),  # configured field and pattern
         ("token_usage=5 tokens: 4", "token_usage=5 tokens: 4"),  # names, not prefixes
         ("nothing to see here", "nothing to see here"),
+        ("Authorization: Token abc def", f"Authorization: {MASK}"),  # the whole header value
+        ("cookie: sid=abc; csrftoken=xyz\nnext", f"cookie: {MASK}\nnext"),
+        ("newPassword=x&DB_PASSWORD=y", f"newPassword={MASK}&DB_PASSWORD={MASK}"),
+        ('{"accessToken": "a", "max_tokens": 5}', f'{{"accessToken": "{MASK}", "max_tokens": 5}}'),
+        ("amex 3782 822463 10005", f"amex {MASK}"),
+        # Evidence that only looks like a secret survives:
+        ("the basic reasoning is sound", "the basic reasoning is sound"),
+        (
+            "ts 1732233600000 from 2024-12-22 2025-12-01",
+            "ts 1732233600000 from 2024-12-22 2025-12-01",
+        ),
+        (
+            "id 123e4567-e89b-12d3-a456-426614174000 v1.2.3",
+            "id 123e4567-e89b-12d3-a456-426614174000 v1.2.3",
+        ),
     ],
 )
 def test_text_masks_secret_shapes_and_keeps_the_rest(text: str, expected: str) -> None:
@@ -77,6 +93,46 @@ def test_a_difference_about_a_secret_keeps_its_path_and_kind_only(path: str, mas
     out = R.mapping(difference)
     assert out["path"] == path and out["kind"] == "changed"
     assert (out["legacy"], out["agent"]) == ((MASK, MASK) if masked else ("s3cret-1", "s3cret-2"))
+
+
+@pytest.mark.parametrize(
+    ("key", "masked"),
+    [
+        ("Authorization", True),
+        ("accessToken", True),
+        ("x-csrf-token", True),
+        ("clientSecret", True),
+        ("user_api_key", True),
+        ("session_id", True),
+        ("max_tokens", False),
+        ("token_count", False),
+        ("primary_key", False),
+        ("name", False),
+    ],
+)
+def test_keys_are_secret_by_name_by_last_word_or_by_last_two_words(key: str, masked: bool) -> None:
+    assert R.mapping({key: "v"}) == {key: MASK if masked else "v"}
+
+
+@pytest.mark.parametrize(
+    "adversarial",
+    ["a" * 400_000, "a@" * 200_000, "a." * 200_000, " " * 400_000, "4111 " * 80_000,
+     "token=" * 70_000, '"password": "' + "a" * 400_000, "Bearer " + "a" * 400_000,
+     "authorization:" * 30_000],
+)  # fmt: skip
+def test_long_adversarial_text_is_redacted_in_linear_time(adversarial: str) -> None:
+    """No pattern backtracks: a quadratic one would take minutes here (the
+    per-test timeout), where linear ones take well under a second."""
+    assert len(R.text(adversarial)) <= len(adversarial)
+
+
+def test_a_value_is_redacted_before_it_is_truncated() -> None:
+    """A cut through a secret would leave a piece no pattern recognizes."""
+    text = "x" * 190 + " 4111 1111 1111 1111 and joe.doe@example.com"
+    out = bounded(text, 200, R)
+    assert out.startswith("x" * 190 + " [REDAC") and "1111" not in out
+    assert " 4111 1111…" in truncate(text, 200)  # what a cut alone would have shown
+    assert bounded({"password": "p" * 500}, 200, R) == {"password": MASK}
 
 
 def test_a_request_path_naming_a_secret_does_not_mask_the_event() -> None:
@@ -138,3 +194,27 @@ def test_configured_logging_redacts_structlog_and_stdlib_records_alike() -> None
     assert lines[0]["authorization"] == MASK
     assert lines[1]["logger"] == "aiohttp.server"
     assert "hunter2" not in stream.getvalue() and "ValueError" in lines[2]["exception"]
+
+
+def test_a_record_a_filter_lowers_below_the_configured_level_is_not_written() -> None:
+    """How aiohttp's malformed-request errors become info lines: they must
+    then obey ``logging.level`` like any other info line."""
+    stream = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    logger = logging.getLogger("test.lowered")
+
+    def lower(record: logging.LogRecord) -> bool:
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+    logger.addFilter(lower)
+    logs.configure(LoggingSettings(format="json", level="warning"), stream, Redactor())
+    try:
+        logger.error("lowered")
+        logging.getLogger("test.other").error("kept")
+    finally:
+        logger.removeFilter(lower)
+        structlog.reset_defaults()
+        root.handlers[:], root.level = handlers, level
+    assert [json.loads(line)["event"] for line in stream.getvalue().splitlines()] == ["kept"]

@@ -28,7 +28,7 @@ lint: install
 	$(BIN)/mypy
 
 unit: install
-	$(BIN)/pytest tests/unit
+	$(BIN)/pytest tests/unit -m "not e2e"
 
 test: lint system-deps
 	$(BIN)/pytest

@@ -34,14 +34,13 @@ REQUEST_ID = "X-Request-Id"
 # 100-continue`` itself (a backend that ignores Expect would otherwise stall
 # the body), only the proxy may mark a request as a shadow, and only the proxy
 # says which host and scheme the client asked for (a client's own
-# X-Forwarded-Host or Forwarded would pass for the proxy's). X-Original-URL and
+# X-Forwarded-Host would pass for the proxy's). X-Original-URL and
 # X-Rewrite-URL make some frameworks (IIS, Symfony) serve another path than
 # the one the route matched.
 _CLIENT_ONLY = (
     "expect",
     SHADOW_MARKER.lower(),
     "x-forwarded-host",
-    "forwarded",
     "x-original-url",
     "x-rewrite-url",
 )
@@ -72,8 +71,9 @@ def to_upstream(
     preserve_host: bool,
 ) -> CIMultiDict[str]:
     """What a backend receives: end-to-end headers plus X-Forwarded-* and
-    Forwarded (RFC 7239). X-Forwarded-For is appended to; the rest describe
-    this hop alone, whatever the client sent.
+    Forwarded (RFC 7239). X-Forwarded-For and Forwarded are appended to, as
+    proxies do (a backend trusts their last element, which is ours);
+    X-Forwarded-Proto and -Host describe this hop alone, whatever the client sent.
 
     ``Host`` is the backend's own (set by ``Upstream`` from its URL)
     unless the route preserves the client's.
@@ -86,7 +86,9 @@ def to_upstream(
     out["X-Forwarded-Proto"] = scheme
     if client_host:
         out["X-Forwarded-Host"] = client_host
-    out["Forwarded"] = _forwarded(client_ip, client_host, scheme)
+    ours = _forwarded(client_ip, client_host, scheme)
+    prior = ", ".join(headers.getall("Forwarded", ()))
+    out["Forwarded"] = f"{prior}, {ours}" if prior else ours
     return out
 
 

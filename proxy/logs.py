@@ -74,6 +74,7 @@ def configure(
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    logging.captureWarnings(True)  # Python warnings too go through the redactor
     root.setLevel(max(level, logging.INFO))  # aiohttp's debug chatter stays out
 
 

@@ -26,8 +26,12 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PARAMETERS = re.compile(r";[^/]*")
 _REPEATED_SLASHES = re.compile(r"//+")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
-# Lead bytes that only ever start an overlong (non-shortest) UTF-8 form.
-_OVERLONG = re.compile(r"%(?:c[01]|e0%[89]|f0%8)", re.IGNORECASE)
+# Overlong (non-shortest) UTF-8 forms of ".", "/" and "\\", which a lenient
+# decoder reads as those. Other %C0/%C1 bytes stay (legacy Latin-1 paths: À, Á).
+_OVERLONG = re.compile(
+    r"%c0%(?:ae|af)|%c1%9c|%e0%80%(?:ae|af)|%e0%81%9c|%f0%80%80%(?:ae|af)",
+    re.IGNORECASE,
+)
 
 
 _HTTP_1 = ((1, 0), (1, 1))

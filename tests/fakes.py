@@ -421,6 +421,13 @@ class RawClient:
             return False
 
 
+def raw_request(request_line: str, *headers: str, body: bytes = b"") -> bytes:
+    """A request from its lines, joined with CRLF: whatever else a case needs
+    (a bare LF, a fold, a NUL) is written inside the lines themselves."""
+    head = "\r\n".join((request_line, "Host: shop.example", *headers))
+    return head.encode("latin-1") + b"\r\n\r\n" + body
+
+
 async def forwarded(port: int, backend: RawServer) -> list[RawRequest]:
     """The requests that reached ``backend`` through the proxy on ``port``
     before a canary sent now: once the canary is answered, anything the

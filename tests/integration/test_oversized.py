@@ -10,21 +10,17 @@ from collections.abc import AsyncIterator
 import pytest
 from conftest import ProxyFactory, metric_value
 from fakes import RawClient, RawConn, RawMessage, RawServer, forwarded
+from fakes import raw_request as raw
 
 from proxy.app import build_metrics
 from proxy.server import ProxyServer
 from proxy.settings import settings_from
 
 
-def raw(request_line: str, *headers: str, body: bytes = b"") -> bytes:
-    head = "\r\n".join((request_line, "Host: shop.example", *headers))
-    return head.encode("latin-1") + b"\r\n\r\n" + body
-
-
 @pytest.fixture
-async def served(raw_legacy: RawServer) -> AsyncIterator[int]:
-    """The port of a proxy run as the CLI runs it (``ProxyServer``), so the
-    listener's own limits are the ones users get."""
+async def server(raw_legacy: RawServer) -> AsyncIterator[ProxyServer]:
+    """A proxy run as the CLI runs it (``ProxyServer``), so the listener's own
+    limits and log handling are the ones users get."""
     settings = settings_from(
         {
             "listen": {"host": "127.0.0.1", "port": 0},
@@ -34,8 +30,13 @@ async def served(raw_legacy: RawServer) -> AsyncIterator[int]:
     )
     server = ProxyServer(settings, metrics=build_metrics(settings))
     await server.start()
-    yield int(server.proxy_url.rsplit(":", 1)[1])
+    yield server
     await server.stop()
+
+
+@pytest.fixture
+def served(server: ProxyServer) -> int:
+    return int(server.proxy_url.rsplit(":", 1)[1])
 
 
 HEADS = {
@@ -150,32 +151,20 @@ async def test_a_chunked_body_over_the_limit_gets_413_and_legacys_copy_is_cut_sh
 
 
 async def test_an_unparseable_request_is_counted_and_logged_in_one_line_without_traceback(
-    raw_legacy: RawServer, caplog: pytest.LogCaptureFixture
+    server: ProxyServer, served: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     """aiohttp answers it 400 before our handler runs; its ERROR-with-traceback
     log becomes one info record with the parser's reason, and it is counted."""
-    settings = settings_from(
-        {
-            "listen": {"host": "127.0.0.1", "port": 0},
-            "admin": {"host": "127.0.0.1", "port": 0},
-            "backends": {"legacy": {"url": raw_legacy.url}},
-        }
-    )
-    metrics = build_metrics(settings)
-    server = ProxyServer(settings, metrics=metrics)
-    await server.start()
-    try:
-        port = int(server.proxy_url.rsplit(":", 1)[1])
-        for _ in range(3):
-            async with RawClient.connect(port) as client:
-                await client.send(raw("GET /orders HTTP/1.1", "Bad Header: x"))
-                assert (await client.response()).status == 400
-    finally:
-        await server.stop()
+    for _ in range(3):
+        async with RawClient.connect(served) as client:
+            await client.send(raw("GET /orders HTTP/1.1", "Bad Header: x"))
+            assert (await client.response()).status == 400
     records = [r for r in caplog.records if r.name == "aiohttp.server"]
     assert [(r.levelname, r.getMessage(), r.exc_info) for r in records] == [
         ("INFO", "malformed_request", None)
     ] * 3
     assert all("header" in r.reason.lower() for r in records)  # type: ignore[attr-defined]
     labels = {"route": "unmatched", "reason": "malformed"}
-    assert metric_value(metrics.registry, "shadow_proxy_rejected_requests_total", **labels) == 3
+    assert (
+        metric_value(server.metrics.registry, "shadow_proxy_rejected_requests_total", **labels) == 3
+    )

@@ -8,13 +8,7 @@ from __future__ import annotations
 import pytest
 from conftest import ProxyFactory
 from fakes import RawClient, RawServer, forwarded
-
-
-def raw(request_line: str, *headers: str, body: bytes = b"") -> bytes:
-    """A request from its lines, joined with CRLF: whatever else a case needs
-    (a bare LF, a fold, a NUL) is written inside the lines themselves."""
-    head = "\r\n".join((request_line, "Host: shop.example", *headers))
-    return head.encode("latin-1") + b"\r\n\r\n" + body
+from fakes import raw_request as raw
 
 
 def post(*headers: str, body: bytes) -> bytes:

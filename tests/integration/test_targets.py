@@ -76,8 +76,8 @@ async def test_options_asterisk_is_answered_by_the_proxy_and_the_connection_stay
 async def test_host_and_forwarding_headers_from_the_client_never_pick_the_upstream(
     make_proxy: ProxyFactory, raw_legacy: RawServer, agent: Fake
 ) -> None:
-    """Legacy is called whatever the client claims, and the forwarding headers
-    it gets are the proxy's own (X-Forwarded-For alone keeps the client's)."""
+    """Legacy is called whatever the client claims; X-Forwarded-Host and -Proto
+    are the proxy's own, X-Forwarded-For and Forwarded end with its element."""
     proxy = await make_proxy(
         backends={"legacy": {"url": raw_legacy.url}, "agent": {"url": agent.url}},
         routes=[{**ROUTES[0], "rollout": {"mode": "manual", "percent": 0}}],
@@ -104,7 +104,10 @@ async def test_host_and_forwarding_headers_from_the_client_never_pick_the_upstre
     assert seen.header("x-forwarded-host") == [agent_host]
     assert seen.header("x-forwarded-proto") == ["http"]
     assert seen.header("x-forwarded-for") == ["203.0.113.7, 127.0.0.1"]
-    assert seen.header("forwarded") == [f'for=127.0.0.1;host="{agent_host}";proto=http']
+    # Appended to, as X-Forwarded-For: the client's claim stays, ours comes last.
+    client_claim = 'for=203.0.113.7;host="evil.example";proto=https'
+    ours = f'for=127.0.0.1;host="{agent_host}";proto=http'
+    assert seen.header("forwarded") == [f"{client_claim}, {ours}"]
     # Headers some frameworks serve another path from never reach a backend.
     assert seen.header("x-original-url") == seen.header("x-rewrite-url") == []
 

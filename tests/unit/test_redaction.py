@@ -185,6 +185,7 @@ def test_configured_logging_redacts_structlog_and_stdlib_records_alike() -> None
     finally:
         structlog.reset_defaults()
         root.handlers[:], root.level = handlers, level
+        logging.captureWarnings(False)
     lines: list[dict[str, Any]] = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [line["event"] for line in lines] == [
         "event",
@@ -217,4 +218,5 @@ def test_a_record_a_filter_lowers_below_the_configured_level_is_not_written() ->
         logger.removeFilter(lower)
         structlog.reset_defaults()
         root.handlers[:], root.level = handlers, level
+        logging.captureWarnings(False)
     assert [json.loads(line)["event"] for line in stream.getvalue().splitlines()] == ["kept"]

@@ -40,6 +40,8 @@ def test_routes_match_the_path_a_permissive_backend_would_read(
         ("/public/%e0%80%ae/x", "overlong UTF-8"),
         ("/public/..%20/internal/x", ". or .. segment"),  # Windows drops trailing spaces
         ("/public/.../internal/x", ". or .. segment"),  # ...and trailing dots
+        ("/public/%c0%af/x", "overlong UTF-8"),  # "/"
+        ("/caf%C0/%C1", None),  # Latin-1 bytes a legacy path may carry: not a separator
         ("/a/b.json", None),
         ("/.well-known/openid-configuration", None),
         ("/a/.hidden/..b/b..", None),
@@ -62,12 +64,13 @@ def test_paths_that_some_backend_reads_as_dot_segments_are_refused(
         (None, 'a"b\\c', 'host="a\\"b\\\\c";proto=https'),
     ],
 )  # fmt: skip
-def test_forwarded_is_the_proxys_own_element_quoted_as_rfc_7239_says(
+def test_forwarded_gets_the_proxys_own_element_last_quoted_as_rfc_7239_says(
     client_ip: str | None, host: str, forwarded: str
 ) -> None:
     client = CIMultiDict(
         [("Host", host), ("Forwarded", "for=evil;host=evil;proto=http"), ("X-Forwarded-Host", "x")]
     )
     out = to_upstream(client, client_ip=client_ip, scheme="https", preserve_host=False)
-    assert out.getall("Forwarded") == [forwarded]
+    # appended to, like X-Forwarded-For: the last element is the proxy's own
+    assert out.getall("Forwarded") == [f"for=evil;host=evil;proto=http, {forwarded}"]
     assert out.getall("X-Forwarded-Host") == [host]

@@ -57,12 +57,10 @@ def refusal(
     framing or a target a backend could read differently."""
     if method == "CONNECT":
         # RFC 9110 section 15.5.6: a known method that no resource here allows.
-        return Refusal(
-            405, "method_not_allowed", "CONNECT: this proxy opens no tunnels", "bad_path"
-        )
+        return Refusal(405, "method_not_allowed", "CONNECT: this proxy opens no tunnels", "tunnel")
     if version not in _HTTP_1:
         reason = f"HTTP/{version[0]}.{version[1]} is not supported"
-        return Refusal(505, "http_version_not_supported", reason, "bad_framing")
+        return Refusal(505, "http_version_not_supported", reason, "bad_version")
     problem = framing_refusal(version, transfer_encoding)
     if problem is not None:
         return Refusal(400, "bad_request", problem, "bad_framing")

@@ -87,6 +87,8 @@ async def test_an_ambiguous_request_is_refused_closed_and_never_reaches_legacy(
         assert await client.closed()
     assert b"Traceback" not in answer.body and b"File " not in answer.body
     assert raw_legacy.url.removeprefix("http://").encode() not in answer.body
+    if status == 505:  # the parser accepted the line; the proxy refused the version
+        assert proxy.value("shadow_proxy_rejected_requests_total", reason="bad_version") == 1
     assert await forwarded(proxy.client.port, raw_legacy) == []
 
 

@@ -57,6 +57,9 @@ class Proxy:
     def value(self, name: str, **labels: str) -> float:
         return metric_value(self.metrics.registry, name, **labels)
 
+    def total(self, name: str, **labels: str) -> float:
+        return metric_sum(self.metrics.registry, name, **labels)
+
     async def settle(self, within: float = 5.0) -> None:
         """Wait until background work (shadows, parallel legacy calls, comparisons) is done."""
         async with asyncio.timeout(within):
@@ -90,18 +93,29 @@ def metric_value(registry: CollectorRegistry, name: str, **labels: str) -> float
     A series not (yet) observed reads 0; a metric name that does not exist at
     all is an error, so a typo cannot pass for a zero.
     """
+    return next(iter(_matching(registry, name, labels)), 0.0)
+
+
+def metric_sum(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    """The sum over every series of ``name`` that carries ``labels`` (the
+    rest of its labels any value), as ``sum(name{labels})`` in PromQL."""
+    return sum(_matching(registry, name, labels))
+
+
+def _matching(registry: CollectorRegistry, name: str, labels: dict[str, str]) -> list[float]:
     text = generate_latest(registry).decode()
     known = False
+    values = []
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name != name:
                 continue
             known = True
             if all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
+                values.append(float(sample.value))
     if not known and not any(name.startswith(f) for f in _LAZY_FAMILIES):
         raise KeyError(f"no metric named {name!r} in the exposition")
-    return 0.0
+    return values
 
 
 # Families with labels that have no series until first observed.

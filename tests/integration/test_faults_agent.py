@@ -14,8 +14,6 @@ import pytest
 from conftest import Proxy, ProxyFactory
 from fakes import Fake, Handler, RawServer
 from leaks import MIB, Baseline, peak_growth, watch
-from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.app import CORE
 from proxy.breaker import BreakerState
@@ -69,22 +67,11 @@ def config(legacy: Fake, agent_url: str, fault: Fault, **route: Any) -> dict[str
     }
 
 
-def total(proxy: Proxy, name: str, **labels: str) -> float:
-    """The sum over every series of ``name`` that carries ``labels``."""
-    text = generate_latest(proxy.metrics.registry).decode()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-    )
-
-
 def agent_errors(proxy: Proxy, mode: str, kind: str | None = None) -> float:
     labels = {"route": "api", "backend": "agent", "mode": mode}
     if kind is not None:
         labels["kind"] = kind
-    return total(proxy, "shadow_proxy_upstream_errors_total", **labels)
+    return proxy.total("shadow_proxy_upstream_errors_total", **labels)
 
 
 def assert_all_legacy(answers: list[faults.Answer]) -> Counter[str]:
@@ -146,7 +133,7 @@ async def test_agent_fault_while_serving_falls_back_to_legacy_for_every_client(
             }
             assert fallbacks == reasons  # the metric and the clients tell the same story
             assert sum(reasons.values()) == 2 * N
-            assert total(proxy, "shadow_proxy_fallbacks_total") == 2 * N
+            assert proxy.total("shadow_proxy_fallbacks_total") == 2 * N
             assert set(reasons) <= {fault.fallback, "breaker_open"}
             breaker = proxy.client.app[CORE].routing.runtimes["api"].breaker
             assert breaker is not None
@@ -164,9 +151,9 @@ async def test_agent_fault_while_serving_falls_back_to_legacy_for_every_client(
             expected = len(agent.requests) if fault.kind else 0
             assert agent_errors(proxy, "live", fault.kind) == agent_errors(proxy, "live")
             assert agent_errors(proxy, "live") == expected
-            served = total(proxy, "shadow_proxy_requests_total", route="api", backend="legacy")
+            served = proxy.total("shadow_proxy_requests_total", route="api", backend="legacy")
             assert served == 2 * N
-            assert total(proxy, "shadow_proxy_requests_total", backend="agent") == 0
+            assert proxy.total("shadow_proxy_requests_total", backend="agent") == 0
             assert_moved_not_held(
                 handler, start, 2 * N * proxy.settings.routes[0].fallback.max_buffer
             )

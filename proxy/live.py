@@ -63,15 +63,12 @@ class LiveHandler:
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         start = perf_counter()
         routing = self.routing
-        refused = self._refused(request, routing.table)
-        if refused is not None:
-            return refused
+        route = self._admitted(request, routing.table)
+        if isinstance(route, web.StreamResponse):
+            return route
         method = request.method
         raw_path = request.raw_path
-        route = _route(request, routing.table)
         length = request.content_length
-        if length is not None and length > route.body_limit:
-            return self._too_large(route)
         headers = to_upstream(
             request.headers,
             client_ip=request.remote,
@@ -102,16 +99,10 @@ class LiveHandler:
         """``Expect: 100-continue``: a request refused on its head alone (a bad
         target, a body over the route's limit) is refused now, before the client
         sends a body for nothing; else the client is told to go on."""
-        table = self.routing.table
-        refused = self._refused(request, table)
-        if refused is not None:
-            return refused
-        route = _route(request, table)
-        length = request.content_length
-        if length is not None and length > route.body_limit:
-            refused = self._too_large(route)
-            refused.force_close()  # Connection: close: the body is not wanted
-            return refused
+        admitted = self._admitted(request, self.routing.table)
+        if isinstance(admitted, web.StreamResponse):
+            admitted.force_close()  # Connection: close: the body is not wanted
+            return admitted
         expectation = request.headers.get("Expect", "")
         if request.version == (1, 1):  # as aiohttp's own expect handler
             if expectation.lower() != "100-continue":
@@ -119,6 +110,18 @@ class LiveHandler:
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.writer.output_size = 0  # the response proper has not started
         return None
+
+    def _admitted(self, request: web.Request, table: RouteTable) -> CompiledRoute | web.Response:
+        """The request's route, or the refusal its head alone earns: a target
+        no backend may see, or a declared body over the route's limit."""
+        refused = self._refused(request, table)
+        if refused is not None:
+            return refused
+        route = _route(request, table)
+        length = request.content_length
+        if length is not None and length > route.body_limit:
+            return self._too_large(route)
+        return route
 
     def _refused(self, request: web.Request, table: RouteTable) -> web.Response | None:
         """The proxy's own answer to what no backend may see (proxy/target.py).

@@ -194,15 +194,15 @@ class Evidence:
     ) -> None:
         cap, chars = self._logging.max_differences, self._logging.max_value_chars
         redactor = self._redactor
+        # Redacted here only so truncation cannot split a secret; the log's own
+        # redactor masks whole differences about sensitive fields, as for any event.
         differences = [
-            redactor.mapping(
-                {
-                    "path": d.path,
-                    "kind": d.kind.value,
-                    "legacy": bounded(d.legacy, chars, redactor),
-                    "agent": bounded(d.agent, chars, redactor),
-                }
-            )
+            {
+                "path": d.path,
+                "kind": d.kind.value,
+                "legacy": bounded(d.legacy, chars, redactor),
+                "agent": bounded(d.agent, chars, redactor),
+            }
             for d in result.differences[:cap]
         ]
         log.info(

@@ -194,6 +194,7 @@ class LiveHandler:
                 rest = _request_body(request.content, route.body_limit - len(exc.prefix), None)
                 extra = CIMultiDict({SERVED_BY: LEGACY, FALLBACK_REASON: "too_large"})
                 runtime.window.served(True, time.monotonic())
+                self.metrics.agent_served(route.name, True)
                 self.metrics.fallback(route.name, "too_large")
                 return await forward_legacy(_chain(exc.prefix, rest), extra)
             except ClientGoneError:

@@ -33,6 +33,7 @@ OVERHEAD_BUCKETS = (
 )  # fmt: skip
 SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 OTHER_PATH = "other"
+FLEET_OPERATIONS = ("read", "write", "lease", "subscribe")  # CoordinationError.operation
 
 
 def status_class(status: int) -> str:
@@ -121,6 +122,29 @@ class Metrics:
         self._retries = Counter(
             p + "retries", "Agent calls retried after a transient failure.", ["route"], registry=r
         )
+        self._agent_calls = Counter(
+            p + "agent_calls", "Agent calls as the rollout gates judge them: ok, or error"
+            " (no answer, or a 5xx).", ["route", "mode", "result"], registry=r,
+        )  # fmt: skip
+        self._agent_served = Counter(
+            p + "agent_served", "Live requests the split gave the agent, by who answered:"
+            " agent, or legacy after a fallback.", ["route", "result"], registry=r,
+        )  # fmt: skip
+        self._analysis_errors = Counter(
+            p + "analysis_errors", "Gate measurements that failed (a PromQL query error).",
+            ["route"], registry=r,
+        )  # fmt: skip
+        self.fleet_connected = Gauge(
+            p + "fleet_connected", "1 while this replica reaches the fleet's Redis.", registry=r
+        )
+        self.fleet_leader = Gauge(
+            p + "fleet_leader", "1 while this replica holds the lease and runs the rollout.",
+            registry=r,
+        )  # fmt: skip
+        self._fleet_errors = Counter(
+            p + "fleet_errors", "Redis operations that failed, by operation.", ["operation"],
+            registry=r,
+        )  # fmt: skip
         self._reloads = Counter(
             p + "config_reloads", "Config file reloads by result.", ["result"], registry=r
         )
@@ -129,6 +153,8 @@ class Metrics:
         self._agreement_size = agreement_window
         self._agreement = {name: RollingAgreement(agreement_window) for name in routes}
         self._children: dict[tuple[Any, ...], Any] = {}
+        for operation in FLEET_OPERATIONS:
+            self._child(self._fleet_errors, operation)
         self._prime(routes)
 
     @classmethod
@@ -213,6 +239,12 @@ class Metrics:
             # so that rate() and increase() see the very first one.
             for reason in FallbackReason:
                 self._child(self._fallbacks, route, reason.value)
+            for mode in Mode:
+                for result in ("ok", "error"):
+                    self._child(self._agent_calls, route, mode.value, result)
+            for served in ("agent", "fallback"):
+                self._child(self._agent_served, route, served)
+            self._child(self._analysis_errors, route)
         self._child(self._percent, route).set(percent)
         for name in stages:
             self._child(self._stage, route, name).set(1 if name == stage else 0)
@@ -230,6 +262,18 @@ class Metrics:
     def circuit(self, route: str, state: str, states: Iterable[str]) -> None:
         for name in states:
             self._child(self._circuit, route, name).set(1 if name == state else 0)
+
+    def agent_call(self, route: str, mode: Mode, ok: bool) -> None:
+        self._child(self._agent_calls, route, mode.value, "ok" if ok else "error").inc()
+
+    def agent_served(self, route: str, fallback: bool) -> None:
+        self._child(self._agent_served, route, "fallback" if fallback else "agent").inc()
+
+    def analysis_error(self, route: str) -> None:
+        self._child(self._analysis_errors, route).inc()
+
+    def fleet_error(self, operation: str) -> None:
+        self._child(self._fleet_errors, operation).inc()
 
     def retry(self, route: str) -> None:
         self._child(self._retries, route).inc()

@@ -35,6 +35,7 @@ from yarl import URL
 
 import comparators
 from proxy.errors import ConfigError
+from proxy.fleetconfig import PrometheusSettings, RedisSettings
 from proxy.policy import BreakerConfig, FallbackConfig, RetryConfig, RolloutConfig
 from proxy.redaction import Redactor
 from proxy.units import ByteSize, Duration
@@ -354,6 +355,14 @@ class Settings(BaseSettings):
     logging: LoggingSettings = LoggingSettings()
     redaction: RedactionSettings = RedactionSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
+    coordination: Literal["local", "redis"] = Field(
+        "local", description="where rollout state lives: this process, or Redis for a fleet"
+    )
+    redis: RedisSettings = RedisSettings()
+    analysis: Literal["local", "prometheus"] = Field(
+        "local", description="where the gates' evidence comes from: this process, or PromQL"
+    )
+    prometheus: PrometheusSettings = PrometheusSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -50,3 +50,17 @@ class DisconnectedError(UpstreamError):
 
 class InvalidResponseError(UpstreamError):
     """The backend's bytes are not a valid HTTP/1.1 response."""
+
+
+class CoordinationError(Exception):
+    """The fleet's shared state (Redis) could not be read or written: the replica
+    keeps the split it has, and an admin write is refused with 503."""
+
+    def __init__(self, operation: str, reason: str) -> None:
+        self.operation = operation  # read, write, lease, subscribe: a metric label
+        super().__init__(reason)
+
+
+class AnalysisError(Exception):
+    """The gates' evidence could not be measured (a metrics query failed): the rollout
+    holds, and enough of these in a row count as a failed interval."""

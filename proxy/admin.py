@@ -21,6 +21,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy.controller import Controller, UnknownRouteError
+from proxy.errors import CoordinationError
 from proxy.metrics import Metrics
 from proxy.rollout import Command, Decision, GateResult
 from proxy.routing import RouteRuntime
@@ -95,6 +96,7 @@ def _route(rt: RouteRuntime, controller: Controller, now: float) -> dict[str, An
         "consecutive_failures": state.consecutive_failures,
         "cumulative_failures": state.cumulative_failures,
         "breaker": rt.breaker.state(now).value if rt.breaker else None,
+        "version": controller.coordination.version(rt.name),
         "last_decision": _decision(controller.last.get(rt.name)),
     }
 
@@ -104,7 +106,12 @@ async def rollout_view(request: web.Request) -> web.Response:
     now = time.monotonic()
     routes = controller.routing().runtimes.values()
     body = {rt.name: _route(rt, controller, now) for rt in routes if rt.policy is not None}
-    return _json({"routes": body})
+    fleet = {
+        "coordination": controller.coordination.name,
+        "analysis": controller.analysis.name,
+        **controller.coordination.status(),
+    }
+    return _json({"fleet": fleet, "routes": body})
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -130,11 +137,16 @@ def _authorized(handler: Handler) -> Handler:
     return guarded
 
 
-def _run(request: web.Request, command: Command, percent: float | None = None) -> web.Response:
+async def _run(
+    request: web.Request, command: Command, percent: float | None = None
+) -> web.Response:
     controller = request.app[ROLLOUT]
     route = request.match_info["route"]
     try:
-        decision = controller.command(route, command, percent)
+        decision = await controller.command(route, command, percent)
+    except CoordinationError as exc:
+        reason = f"the fleet's shared state could not be updated, nothing changed: {exc}"
+        return _json({"error": "unavailable", "reason": reason}, status=503)
     except UnknownRouteError:
         reason = f"no route named {route!r} has a rollout"
         return _json({"error": "not_found", "reason": reason}, status=404)
@@ -154,7 +166,7 @@ async def command_view(request: web.Request) -> web.Response:
     if command is None:
         reason = f"unknown command {name!r}; known: {', '.join(sorted(COMMANDS))}"
         return _json({"error": "not_found", "reason": reason}, status=404)
-    return _run(request, command)
+    return await _run(request, command)
 
 
 async def share_view(request: web.Request) -> web.Response:
@@ -164,7 +176,7 @@ async def share_view(request: web.Request) -> web.Response:
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         reason = 'the body must be JSON like {"percent": 5}'
         return _json({"error": "bad_request", "reason": reason}, status=400)
-    return _run(request, Command.SET, percent)
+    return await _run(request, Command.SET, percent)
 
 
 def create_admin_app(

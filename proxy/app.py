@@ -23,8 +23,10 @@ from prometheus_client import CollectorRegistry
 from proxy import statefile
 from proxy.admin import HEALTH, Health
 from proxy.agentpath import AgentPath
+from proxy.analysis import PrometheusAnalysis
 from proxy.controller import Controller
 from proxy.evidence import Evidence
+from proxy.fleet import Fleet
 from proxy.live import LiveHandler
 from proxy.metrics import Metrics
 from proxy.reload import ConfigWatcher
@@ -59,7 +61,10 @@ def build_metrics(settings: Settings, *, process: bool = False) -> Metrics:
 def load_routing(settings: Settings) -> Routing:
     """The starting routing: the config, with rollout state from the state file."""
     saved = {}
-    if settings.state_file is not None:
+    if settings.coordination == "redis":
+        if settings.state_file is not None:
+            log.info("state_file_unused", path=str(settings.state_file), reason="Redis holds it")
+    elif settings.state_file is not None:
         try:
             saved = statefile.load(settings.state_file)
         except (OSError, ValueError) as exc:  # start from the config, which is the safe side
@@ -78,6 +83,10 @@ RESTART_ONLY = (
     "state_file",
     "metrics",
     "reload_interval",
+    "coordination",
+    "redis",
+    "analysis",
+    "prometheus",
 )
 
 
@@ -92,7 +101,14 @@ class Core:
         self.metrics = metrics
         self.config_path = config_path
         self.routing = load_routing(settings)
-        self.controller = Controller(lambda: self.routing, metrics, settings.state_file)
+        local = settings.coordination == "local"
+        analysis = PrometheusAnalysis(settings.prometheus) if settings.analysis != "local" else None
+        state_file = settings.state_file if local else None
+        self.controller = Controller(lambda: self.routing, metrics, state_file, analysis=analysis)
+        self.fleet: Fleet | None = None
+        if not local:
+            self.fleet = Fleet(settings.redis, lambda: self.routing, metrics, self.controller.adopt)
+            self.controller.coordination = self.fleet
         self.handler: LiveHandler | None = None
         self.shadow: Shadow | None = None
 
@@ -196,10 +212,15 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
     app[HANDLER] = handler
     app[TASKS] = tasks
     stop = asyncio.Event()
+    services: list[asyncio.Task[None]] = []
     # Not in ``tasks``: that set is the bounded shadow work drained at shutdown;
     # the controller lives as long as the app, held here and awaited below.
     loop = asyncio.get_running_loop()
-    services = [loop.create_task(core.controller.run(stop), name="rollout-controller")]
+    await core.controller.analysis.start()
+    if core.fleet is not None:
+        await core.fleet.start()
+        services.append(loop.create_task(core.fleet.run(stop), name="fleet"))
+    services.append(loop.create_task(core.controller.run(stop), name="rollout-controller"))
     if core.config_path is not None:
         watcher = ConfigWatcher(core.config_path, settings.reload_interval, core.apply, metrics)
         services.append(loop.create_task(watcher.run(stop), name="config-watcher"))
@@ -210,6 +231,9 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         app[HEALTH].ready = False
         stop.set()
         await asyncio.gather(*services)
+        if core.fleet is not None:
+            await core.fleet.close()
+        await core.controller.analysis.close()
         pending = len(tasks)
         cancelled = await tasks.drain(settings.shutdown.shadow_grace)
         if pending:

@@ -27,6 +27,7 @@ __all__ = [
     "WindowStats",
     "apply",
     "evaluate_gates",
+    "measurement_failed",
     "next_target",
     "step",
     "wilson_lower_bound",
@@ -309,7 +310,7 @@ def step(
     # serving its current share meanwhile.
     failed = [g for g in gates if g.ok is False and _judged(g, stats, limits.min_samples)]
     if failed:
-        return _fail(state, failed, gates, policy, now)
+        return _fail(state, "; ".join(g.describe() for g in failed), gates, policy, now)
     if state.pending is not None:
         return hold(f"awaiting approval to enter {_where(*state.pending)}")
     if stats.samples < limits.min_samples:
@@ -343,9 +344,19 @@ def _judged(gate: GateResult, stats: WindowStats, min_samples: int) -> bool:
     return stats.samples >= min_samples
 
 
+def measurement_failed(
+    state: RolloutState, policy: RolloutPolicy, now: float, what: str
+) -> tuple[RolloutState, Decision]:
+    """The evidence could not be measured (a metrics query kept failing): one failed interval,
+    like a failing gate, so a dead metrics backend cannot hold a bad agent in place forever."""
+    if state.stage in (Stage.PAUSED, Stage.ROLLED_BACK) or not policy.auto:
+        return _decide(state, state, "hold", f"measurement failed ({what}); nothing to stop")
+    return _fail(state, f"measurement failed: {what}", (), policy, now)
+
+
 def _fail(
     state: RolloutState,
-    failed: list[GateResult],
+    what: str,
     gates: tuple[GateResult, ...],
     policy: RolloutPolicy,
     now: float,
@@ -355,7 +366,7 @@ def _fail(
     counted = replace(state, consecutive_failures=consecutive, cumulative_failures=cumulative)
     limits = policy.max_consecutive_failures, policy.max_cumulative_failures
     why = (
-        f"{'; '.join(g.describe() for g in failed)} ({consecutive} of {limits[0]} consecutive,"
+        f"{what} ({consecutive} of {limits[0]} consecutive,"
         f" {cumulative} of {limits[1]} cumulative failures)"
     )
     if consecutive < limits[0] and cumulative < limits[1]:

@@ -45,6 +45,7 @@ class RouteRuntime:
     retry: RetryPolicy
     last_evaluated: float = 0.0
     judged_until: float = 0.0  # evidence before this has already counted as a failure
+    analysis_errors: int = 0  # measurements that failed in a row
 
     @property
     def percent(self) -> float:
@@ -150,6 +151,7 @@ def build_runtime(
         retry=route.retries.to_policy(),
         last_evaluated=previous.last_evaluated if previous else now,
         judged_until=previous.judged_until if previous else 0.0,
+        analysis_errors=previous.analysis_errors if previous else 0,
     )
 
 

@@ -41,7 +41,7 @@ def controller(routing: Routing) -> Controller:
     return Controller(lambda: routing, metrics, None)
 
 
-def test_one_bad_patch_of_evidence_counts_as_one_failure_not_three() -> None:
+async def test_one_bad_patch_of_evidence_counts_as_one_failure_not_three() -> None:
     """A 300 s window judged every 10 s would otherwise re-count the same bad
     minute at every tick and roll back on a single blip."""
     routing = Routing(settings(percent=5), now=0.0)
@@ -50,10 +50,10 @@ def test_one_bad_patch_of_evidence_counts_as_one_failure_not_three() -> None:
     for t in range(1, 13):  # a bad patch: every comparison disagrees
         rt.window.comparison(False, float(t))
         rt.window.agent_call(True, 0.01, float(t))
-    drive.tick(13.0)
+    await drive.tick(13.0)
     assert rt.state.consecutive_failures == 1
     for t in range(14, 60):  # then quiet: no new evidence at all
-        drive.tick(float(t))
+        await drive.tick(float(t))
     assert rt.state.stage is Stage.CANARY
     assert rt.state.consecutive_failures == 1
 

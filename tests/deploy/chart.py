@@ -22,6 +22,22 @@ STANDALONE: dict[str, Any] = {
     "legacy": {"url": "http://orders-legacy.shop.svc.cluster.local:8000"},
 }
 
+# Fleet values: the rollout state in Redis (password from a Secret), the gates'
+# evidence from Prometheus.
+REDIS_URL = "redis://redis-master.shop.svc.cluster.local:6379/0"
+PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"
+FLEET_REDIS: dict[str, Any] = {
+    "coordination": "redis",
+    "redis": {"url": REDIS_URL, "existingSecret": "orders-redis"},
+}
+FLEET_PROMETHEUS: dict[str, Any] = {"analysis": "prometheus", "prometheus": {"url": PROMETHEUS_URL}}
+
+
+def rollout_config(**rollout: Any) -> dict[str, Any]:
+    """The chart's default routes, each with a rollout section (``{}``: auto mode)."""
+    routes = yaml.safe_load((CHART / "values.yaml").read_text())["config"]["routes"]
+    return {"routes": [{**route, "rollout": rollout} for route in routes]}
+
 
 def merged(base: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """A deep copy of ``base`` with ``extra`` laid over it, key by key."""

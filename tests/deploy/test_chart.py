@@ -15,6 +15,8 @@ import pytest
 import yaml
 from chart import (
     CHART,
+    FLEET_PROMETHEUS,
+    FLEET_REDIS,
     NAMESPACE,
     RELEASE,
     SIDECAR,
@@ -24,6 +26,7 @@ from chart import (
     merged,
     one,
     proxy_config,
+    rollout_config,
 )
 from kubernetes_validate.utils import latest_version
 
@@ -43,7 +46,7 @@ MONITORING_ON = {
 }
 
 # The matrix every check below runs over: each mode, monitoring on and off, the
-# admin token from the chart or from an existing Secret, autoscaling.
+# admin token from the chart or from an existing Secret, autoscaling, fleet mode.
 MATRIX: dict[str, dict[str, Any]] = {
     "sidecar": SIDECAR,
     "standalone": STANDALONE,
@@ -57,6 +60,19 @@ MATRIX: dict[str, dict[str, Any]] = {
         STANDALONE, adminToken={"enabled": False}, autoscaling={"enabled": True}
     ),
     "persistent-state": merged(SIDECAR, replicaCount=1, state={"existingClaim": "proxy-state"}),
+    "fleet": merged(
+        SIDECAR,
+        replicaCount=3,
+        fleet=merged(FLEET_REDIS, **FLEET_PROMETHEUS),
+        config=rollout_config(),
+        **MONITORING_ON,
+    ),
+    "local-auto-allowed": merged(
+        STANDALONE,
+        autoscaling={"enabled": True},
+        fleet={"allowLocalAutoRollout": True},
+        config=rollout_config(),
+    ),
 }
 
 
@@ -98,7 +114,7 @@ def kubernetes_validate(docs: list[dict[str, Any]], tmp_path: Path) -> None:
         assert f"WARN {path}" not in result.stdout, result.stdout
 
 
-@pytest.mark.parametrize("case", ["sidecar", "standalone", "embedded"])
+@pytest.mark.parametrize("case", ["sidecar", "standalone", "embedded", "fleet"])
 def test_the_rendered_config_passes_check_config(case: str, tmp_path: Path) -> None:
     path = tmp_path / "proxy.yaml"
     path.write_text(yaml.safe_dump(proxy_config(manifests(MATRIX[case]))))
@@ -273,8 +289,25 @@ RESTART_CHANGES: dict[str, Any] = {
 }
 
 
+# The fleet's settings, restart-only too, are written by the chart from `fleet`
+# values: each maps to the values before and after a user's change.
+FLEET_RESTART_CHANGES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "coordination": (SIDECAR, merged(SIDECAR, fleet=FLEET_REDIS)),
+    "redis": (
+        merged(SIDECAR, fleet=FLEET_REDIS),
+        merged(SIDECAR, fleet=merged(FLEET_REDIS, redis={"leaseTtl": "20s"})),
+    ),
+    "analysis": (SIDECAR, merged(SIDECAR, fleet=FLEET_PROMETHEUS)),
+    "prometheus": (
+        merged(SIDECAR, fleet=FLEET_PROMETHEUS),
+        merged(SIDECAR, fleet=merged(FLEET_PROMETHEUS, prometheus={"minWindow": "1m"})),
+    ),
+}
+
+
 def test_every_restart_only_setting_has_a_change_to_try() -> None:
-    assert set(RESTART_CHANGES) == set(RESTART_ONLY)
+    # Written so that it holds whether or not proxy.app lists the fleet's keys yet.
+    assert set(RESTART_CHANGES) == set(RESTART_ONLY) - set(FLEET_RESTART_CHANGES)
 
 
 def test_set_changes_one_routes_split_by_name() -> None:
@@ -295,6 +328,14 @@ def test_what_hot_reload_cannot_apply_rolls_the_pods(key: str) -> None:
         assert key == "state_file"  # owned by the chart: the user's value never reaches the proxy
         return
     assert _restart_checksum(changed) != _restart_checksum(SIDECAR)
+
+
+@pytest.mark.parametrize("key", FLEET_RESTART_CHANGES)
+def test_a_fleet_change_rolls_the_pods(key: str) -> None:
+    """coordination, redis, analysis and prometheus are read once, at start."""
+    before, after = FLEET_RESTART_CHANGES[key]
+    assert proxy_config(manifests(after))[key] != proxy_config(manifests(before)).get(key)
+    assert _restart_checksum(after) != _restart_checksum(before)
 
 
 def test_a_new_admin_token_rolls_the_pods() -> None:
@@ -319,6 +360,21 @@ BAD_VALUES = [
     ({**SIDECAR, "monitoring": {"prometheusRules": {"enabled": True}}}, "'prometheusRules'"),
     ({**SIDECAR, "monitoring": {"prometheusRule": {"agreementTarget": 95}}}, "agreementTarget"),
     ({**SIDECAR, "monitoring": {"prometheusRule": {"for": "ten minutes"}}}, "/for"),
+    ({**SIDECAR, "fleet": {"coordination": "etcd"}}, "/fleet/coordination"),
+    ({**SIDECAR, "fleet": {"analysis": "datadog"}}, "/fleet/analysis"),
+    ({**SIDECAR, "fleet": {"coordination": "redis"}}, "/fleet/redis/url"),
+    ({**SIDECAR, "fleet": {"analysis": "prometheus"}}, "/fleet/prometheus/url"),
+    (
+        {**SIDECAR, "fleet": {"coordination": "redis", "redis": {"url": "redis://:pw@r:6379/0"}}},
+        "/fleet/redis/url",
+    ),
+    ({**SIDECAR, "fleet": {"redis": {"url": "http://redis:6379"}}}, "/fleet/redis/url"),
+    ({**SIDECAR, "fleet": {"redis": {"leaseTtl": "ten seconds"}}}, "/fleet/redis/leaseTtl"),
+    ({**SIDECAR, "fleet": {"redis": {"keyPrefix": "a b"}}}, "/fleet/redis/keyPrefix"),
+    ({**SIDECAR, "fleet": {"redis": {"password": "pw"}}}, "'password' not allowed"),
+    ({**SIDECAR, "fleet": {"prometheus": {"maxConsecutiveErrors": 0}}}, "maxConsecutiveErrors"),
+    ({**SIDECAR, "fleet": {"prometheus": {"queries": {"sample": "up"}}}}, "'sample' not allowed"),
+    ({**SIDECAR, "fleet": {"allowLocalAutoRollout": "yes"}}, "/fleet/allowLocalAutoRollout"),
 ]
 
 

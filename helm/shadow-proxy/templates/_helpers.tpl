@@ -74,6 +74,7 @@ over it (listeners, backend URLs, token file, state file).
 {{- if not .Values.adminToken.enabled }}
 {{- $_ := unset $owned.admin "token_file" }}
 {{- end }}
+{{- $_ := mustMergeOverwrite $owned (include "shadow-proxy.fleetConfig" . | fromYaml) }}
 {{- $cfg := mustMergeOverwrite (deepCopy (.Values.config | default dict)) $owned }}
 {{- /* routeOverrides: per-route changes by name, so `--set` can change one
        route's split (Helm replaces lists whole, so routes[0] cannot be set alone). */}}
@@ -97,13 +98,115 @@ over it (listeners, backend URLs, token file, state file).
 {{- end }}
 
 {{/*
+The fleet part of the config (coordination, redis, analysis, prometheus), from
+.Values.fleet. The chart owns these keys: it wires the Redis password's Secret
+and the Pod's name to them, so a copy under `config` would be a second, silent
+source of truth, and is refused. The password and the replica name come from
+the environment (see shadow-proxy.fleetEnv), never the ConfigMap.
+*/}}
+{{- define "shadow-proxy.fleetConfig" -}}
+{{- $fleet := .Values.fleet }}
+{{- range list "coordination" "redis" "analysis" "prometheus" }}
+{{- if hasKey ($.Values.config | default dict) . }}
+{{- fail (printf "config.%s is set by the chart from fleet.%s: set fleet.%s instead (see values.yaml)" . . .) }}
+{{- end }}
+{{- end }}
+{{- $out := dict "coordination" $fleet.coordination "analysis" $fleet.analysis }}
+{{- if eq $fleet.coordination "redis" }}
+{{- $r := $fleet.redis }}
+{{- $_ := set $out "redis" (dict
+  "url" (required "fleet.redis.url is required with fleet.coordination=redis, e.g. redis://redis-master:6379/0" $r.url)
+  "key_prefix" ($r.keyPrefix | default (include "shadow-proxy.fullname" .))
+  "lease_ttl" $r.leaseTtl
+  "poll_interval" $r.pollInterval
+  "timeout" $r.timeout) }}
+{{- end }}
+{{- if eq $fleet.analysis "prometheus" }}
+{{- $p := $fleet.prometheus }}
+{{- $prom := dict
+  "url" (required "fleet.prometheus.url is required with fleet.analysis=prometheus, e.g. http://prometheus-operated.monitoring:9090" $p.url)
+  "timeout" $p.timeout
+  "max_consecutive_errors" $p.maxConsecutiveErrors
+  "min_window" $p.minWindow }}
+{{- with $p.selector }}
+{{- $_ := set $prom "selector" . }}
+{{- end }}
+{{- with $p.queries }}
+{{- $_ := set $prom "queries" . }}
+{{- end }}
+{{- $_ := set $out "prometheus" $prom }}
+{{- end }}
+{{- toYaml $out }}
+{{- end }}
+
+{{/*
+The proxy container's environment: with Redis coordination, the replica's name
+in the lease is the Pod's name (downward API), and the Redis password comes from
+the Secret; then the user's proxy.env. A name the user sets wins (a name twice
+in one env list is rejected by server-side apply).
+*/}}
+{{- define "shadow-proxy.fleetEnv" -}}
+{{- $user := .Values.proxy.env | default list }}
+{{- $names := list }}
+{{- range $user }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- $env := list }}
+{{- if eq .Values.fleet.coordination "redis" }}
+{{- if not (has "SHADOW_PROXY_REDIS__REPLICA" $names) }}
+{{- $env = append $env (dict "name" "SHADOW_PROXY_REDIS__REPLICA" "valueFrom" (dict "fieldRef" (dict "fieldPath" "metadata.name"))) }}
+{{- end }}
+{{- $r := .Values.fleet.redis }}
+{{- if and $r.existingSecret (not (has "SHADOW_PROXY_REDIS__PASSWORD" $names)) }}
+{{- $env = append $env (dict "name" "SHADOW_PROXY_REDIS__PASSWORD" "valueFrom" (dict "secretKeyRef" (dict "name" $r.existingSecret "key" $r.existingSecretKey))) }}
+{{- end }}
+{{- end }}
+{{- toYaml (dict "env" (concat $env $user)) }}
+{{- end }}
+
+{{/*
+THE RULE: one rollout per pod is refused where the chart runs many pods. With
+replicaCount > 1 or autoscaling, local coordination and a route whose rollout
+runs in auto mode, each pod would judge its own traffic and move its own share:
+one pod at 50% while another rolls back. Manual mode (the config sets the share,
+and every pod reloads it) and fleet.coordination=redis are fine;
+fleet.allowLocalAutoRollout=true accepts per-pod rollouts on purpose.
+*/}}
+{{- define "shadow-proxy.fleetCheck" -}}
+{{- $many := or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1) }}
+{{- if and $many (eq .Values.fleet.coordination "local") (not .Values.fleet.allowLocalAutoRollout) }}
+{{- $cfg := include "shadow-proxy.config" . | fromYaml }}
+{{- $auto := list }}
+{{- range ($cfg.routes | default list) }}
+{{- /* `rollout: {}` is a rollout with every default, auto mode included; `rollout: null` is none */}}
+{{- if kindIs "map" .rollout }}
+{{- if ne (get .rollout "mode" | default "auto") "manual" }}
+{{- $auto = append $auto .name }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if $auto }}
+{{- $why := printf "replicaCount is %v" .Values.replicaCount }}
+{{- if .Values.autoscaling.enabled }}
+{{- $why = "autoscaling is enabled" }}
+{{- end }}
+{{- $which := printf "route %s rolls" (first $auto) }}
+{{- if gt (len $auto) 1 }}
+{{- $which = printf "routes %s roll" (join ", " $auto) }}
+{{- end }}
+{{- fail (printf "%s and %s out in auto mode with fleet.coordination=local: each pod would run its own rollout on its own traffic, and the pods would drift apart (one at 50%% while another rolls back). Set fleet.coordination=redis and fleet.redis.url for one rollout across the pods; or use rollout.mode=manual, or replicaCount=1; or set fleet.allowLocalAutoRollout=true to accept one rollout per pod." $why $which) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
 What a running pod cannot pick up by hot reload (see proxy/app.py RESTART_ONLY):
 its checksum is a pod annotation, so changing any of it rolls the pods, while a
 new split or route only updates the ConfigMap and is reloaded in place.
 */}}
 {{- define "shadow-proxy.restartChecksum" -}}
 {{- $cfg := include "shadow-proxy.config" . | fromYaml }}
-{{- $keys := list "listen" "admin" "backends" "shutdown" "logging" "redaction" "state_file" "metrics" "reload_interval" }}
+{{- $keys := list "listen" "admin" "backends" "shutdown" "logging" "redaction" "state_file" "metrics" "reload_interval" "coordination" "redis" "analysis" "prometheus" }}
 {{- $restart := dict "token" (.Values.adminToken.value | default "") }}
 {{- range $keys }}
 {{- $_ := set $restart . (get $cfg .) }}
@@ -132,7 +235,8 @@ a dependency, to put the proxy into the parent's own pod:
     - name: admin
       containerPort: {{ .Values.proxy.adminPort }}
       protocol: TCP
-  {{- with .Values.proxy.env }}
+  {{- $env := include "shadow-proxy.fleetEnv" . | fromYaml }}
+  {{- with $env.env }}
   env:
     {{- toYaml . | nindent 4 }}
   {{- end }}

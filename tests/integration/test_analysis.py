@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from conftest import ProxyFactory
+from conftest import ProxyFactory, metric_value
 from fakes import Fake, Reply, dead_url
 from prom import start_prometheus
+from prometheus_client import CollectorRegistry
 
 from proxy.analysis import (
     COUNTS,
@@ -32,9 +33,11 @@ from proxy.analysis import (
     to_stats,
 )
 from proxy.app import CORE
+from proxy.controller import Controller
 from proxy.errors import AnalysisError
 from proxy.fleetconfig import DEFAULT_QUERIES, PrometheusSettings, Queries, render
 from proxy.gates import WindowStats
+from proxy.metrics import Metrics
 from proxy.routing import RouteRuntime, Routing
 from proxy.settings import settings_from
 
@@ -527,3 +530,47 @@ async def test_the_counters_behind_the_default_queries_agree_with_the_local_wind
         assert 0 < local.fallbacks < local.agent_served, name
         assert total("agent_calls", mode="shadow") > 0 < total("agent_calls", mode="live"), name
     assert proxy.total("shadow_proxy_fallbacks_total", route="api", reason="too_large") > 0
+
+
+async def test_query_errors_hold_the_rollout_until_enough_in_a_row_count_as_one_failure(
+    aiohttp_server: Any,
+) -> None:
+    """Like Argo's consecutiveErrorLimit: a flaky Prometheus holds the rollout, a
+    dead one cannot keep it in place forever, and one answer restarts the count."""
+    down = {"on": True}
+
+    async def samples(fake: FakePrometheus) -> web.Response:
+        if down["on"]:
+            return web.Response(status=503, text="TSDB not ready")
+        return web.json_response(vector())  # up, but no data yet: the rollout holds
+
+    fake = await start_fake_prometheus(aiohttp_server, samples=samples)
+    update = {"max_consecutive_errors": 3, "min_window": 0.5}
+    settings = fake_settings(fake.url).model_copy(update=update)
+    rollout = {"percent": 5, "interval": "1s", "gates": {"min_samples": 10}}
+    config = {
+        "backends": {"legacy": {"url": "http://l"}, "agent": {"url": "http://a"}},
+        "routes": [{"name": "api", "match": {"prefix": "/"}, "rollout": rollout}],
+    }
+    routing = Routing(settings_from(config), now=0.0)
+    registry = CollectorRegistry()
+    async with PrometheusAnalysis(settings) as analysis:
+        drive = Controller(lambda: routing, Metrics(registry, ["api"]), None, analysis=analysis)
+        actions = []
+        for t in range(20, 27):
+            down["on"] = t != 23
+            [decision] = await drive.tick(float(t))
+            actions.append((decision.action, routing.runtimes["api"].state.consecutive_failures))
+    assert actions == [
+        ("hold", 0),  # 1 of 3 in a row
+        ("hold", 0),  # 2 of 3
+        ("fail", 1),  # 3 of 3: one failed measurement
+        ("hold", 1),  # an answer (no data): the count starts again
+        ("hold", 1),
+        ("hold", 1),
+        ("fail", 2),
+    ]
+    last = drive.last["api"]
+    assert "measurement failed: 3 queries in a row failed, the last: samples:" in last.reason
+    assert "TSDB not ready" in last.reason
+    assert metric_value(registry, "shadow_proxy_analysis_errors_total", route="api") == 6

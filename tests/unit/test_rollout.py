@@ -19,6 +19,7 @@ from proxy.rollout import (
     WindowStats,
     apply,
     evaluate_gates,
+    measurement_failed,
     next_target,
     step,
     wilson_lower_bound,
@@ -530,3 +531,27 @@ def test_a_few_errors_on_a_few_calls_are_not_yet_a_failure() -> None:
     few = WindowStats(samples=3, matches=3, agent_calls=4, agent_errors=2)
     new, decision = step(CANARY_5, few, POLICY, NOW)
     assert (new, decision.action) == (CANARY_5, "hold")
+
+
+@pytest.mark.parametrize(
+    ("state", "policy", "action", "stage"),
+    [
+        (RolloutState(Stage.CANARY, 5.0, 1), RolloutPolicy(), "fail", Stage.CANARY),
+        (
+            RolloutState(Stage.CANARY, 5.0, 1, consecutive_failures=2, cumulative_failures=2),
+            RolloutPolicy(),
+            "rollback",
+            Stage.ROLLED_BACK,
+        ),
+        (ROLLED_BACK, RolloutPolicy(), "hold", Stage.ROLLED_BACK),
+        (RolloutState(Stage.CANARY, 5.0, 1), RolloutPolicy(auto=False), "hold", Stage.CANARY),
+    ],
+)
+def test_a_failed_measurement_counts_like_a_failed_gate_where_the_rollout_moves(
+    state: RolloutState, policy: RolloutPolicy, action: str, stage: Stage
+) -> None:
+    new, decision = measurement_failed(state, policy, 9.0, "4 queries in a row failed")
+    assert (decision.action, new.stage) == (action, stage)
+    assert "4 queries in a row failed" in decision.reason
+    counted = action in ("fail", "rollback")
+    assert new.cumulative_failures == state.cumulative_failures + counted

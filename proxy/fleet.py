@@ -135,9 +135,8 @@ class Fleet:
         try:
             held = await self.store.hold_lease(self.settings.lease_ttl)
         except CoordinationError as exc:
-            self._failed(exc)
-            if self._leading and self._clock() >= self._lease_until:
-                self._lose_lease(str(exc))
+            self._failed(exc)  # a leader that cannot renew cannot write either: it stops
+            self._lose_lease(str(exc))  # leading now; the lease is still its own if it returns
             return
         self._seen(True)
         if not held:

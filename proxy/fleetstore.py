@@ -107,6 +107,10 @@ class FleetStore:
             async with asyncio.timeout(self._timeout):
                 return await action()
         except (RedisError, OSError, TimeoutError) as exc:
+            # Idle pooled connections opened before an outage are dead too, but
+            # would fail only when next used, as a second outage after Redis is back.
+            with contextlib.suppress(RedisError, OSError):
+                await self._redis.connection_pool.disconnect(inuse_connections=False)
             cause = str(exc) or type(exc).__name__
             raise CoordinationError(operation, f"Redis {operation} failed: {cause}") from None
 

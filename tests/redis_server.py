@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import socket
 from pathlib import Path
+
+import pytest
 
 
 def free_port() -> int:
@@ -46,10 +49,13 @@ class RedisServer:
     async def start(self, within: float = 10.0) -> None:
         """Start (again, on the same port, empty) and return once it answers PING."""
         assert self.process is None or self.process.returncode is not None, "already running"
+        binary = shutil.which("redis-server") or shutil.which("/usr/sbin/redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed: run `make system-deps` (Debian package)")
         (self.directory / "dump.rdb").unlink(missing_ok=True)  # a restart starts empty
         with (self.directory / "redis.log").open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
-                "redis-server",
+                binary,
                 "--port", str(self.port),
                 "--bind", "127.0.0.1",
                 "--save", "",

@@ -18,7 +18,7 @@ from typing import Self
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from yarl import URL
 
-from proxy.units import Duration
+from proxy.units import HttpUrl, PositiveDuration
 
 
 class Model(BaseModel):
@@ -46,9 +46,9 @@ class RedisSettings(Model):
     replica: str | None = Field(
         None, max_length=128, description="this replica's name in the lease (default: host-pid)"
     )
-    lease_ttl: Duration = Field(10.0, description="a dead leader is replaced within this")
-    poll_interval: Duration = Field(2.0, description="backstop to pub/sub: re-read the state")
-    timeout: Duration = Field(1.0, description="longest wait for one Redis command")
+    lease_ttl: PositiveDuration = Field(10.0, description="a dead leader is replaced within this")
+    poll_interval: PositiveDuration = Field(2.0, description="backstop to pub/sub: re-read state")
+    timeout: PositiveDuration = Field(1.0, description="longest wait for one Redis command")
 
     @field_validator("url")
     @classmethod
@@ -62,8 +62,6 @@ class RedisSettings(Model):
 
     @model_validator(mode="after")
     def _timings(self) -> Self:
-        if min(self.lease_ttl, self.poll_interval, self.timeout) <= 0:
-            raise ValueError("lease_ttl, poll_interval and timeout must be greater than zero")
         if self.lease_ttl < 1.0:
             raise ValueError("lease_ttl must be at least 1s (it is renewed every third of it)")
         if self.timeout >= self.lease_ttl / 3:
@@ -138,12 +136,12 @@ def render(template: str, **values: str) -> str:
 
 
 class PrometheusSettings(Model):
-    url: str = Field("http://127.0.0.1:9090", description="the Prometheus (or Thanos) HTTP API")
-    timeout: Duration = Field(5.0, description="longest wait for one query")
+    url: HttpUrl = Field("http://127.0.0.1:9090", description="the Prometheus (or Thanos) HTTP API")
+    timeout: PositiveDuration = Field(5.0, description="longest wait for one query")
     max_consecutive_errors: int = Field(
         4, ge=1, description="query errors in a row that count as one failed measurement"
     )
-    min_window: Duration = Field(
+    min_window: PositiveDuration = Field(
         60.0,
         description="shortest range queried (at least 4 scrape intervals); less evidence than"
         " this since the last transition is no data",
@@ -161,19 +159,4 @@ class PrometheusSettings(Model):
         value = value.strip()
         if value and not _SELECTOR.fullmatch(value):
             raise ValueError('must be PromQL label matchers like namespace="shop",job="orders"')
-        return value
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        url = URL(value)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError("must be an absolute http:// or https:// URL with a host")
-        return value.rstrip("/")
-
-    @field_validator("timeout", "min_window")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError("must be greater than zero")
         return value

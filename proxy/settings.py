@@ -31,14 +31,13 @@ from pydantic_settings import (
     SettingsConfigDict,
     SettingsError,
 )
-from yarl import URL
 
 import comparators
 from proxy.errors import ConfigError
 from proxy.fleetconfig import PrometheusSettings, RedisSettings
 from proxy.policy import BreakerConfig, FallbackConfig, RetryConfig, RolloutConfig
 from proxy.redaction import Redactor
-from proxy.units import ByteSize, Duration
+from proxy.units import ByteSize, Duration, HttpUrl, PositiveDuration
 
 UNMATCHED_ROUTE = "unmatched"
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token (methods, header names)
@@ -78,30 +77,12 @@ class AdminListener(Model):
 
 
 class Backend(Model):
-    url: str = Field(description="http(s)://host:port[/base-path] of the backend")
-    connect_timeout: Duration = 2.0
-    timeout: Duration = Field(30.0, description="total time for one exchange, body included")
+    url: HttpUrl = Field(description="http(s)://host:port[/base-path] of the backend")
+    connect_timeout: PositiveDuration = 2.0
+    timeout: PositiveDuration = Field(
+        30.0, description="total time for one exchange, body included"
+    )
     max_connections: int = Field(512, ge=1, description="pooled connections to this backend")
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        url = URL(value)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError("must be an absolute http:// or https:// URL with a host")
-        if url.query_string or url.fragment:
-            raise ValueError("must not carry a query string or fragment")
-        if url.raw_user is not None or url.raw_password is not None:
-            # They would be ignored (and shown wherever the URL is): say so.
-            raise ValueError("must not carry credentials (user:password@)")
-        return value.rstrip("/")
-
-    @field_validator("timeout", "connect_timeout")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError("must be greater than zero")
-        return value
 
 
 class Backends(Model):

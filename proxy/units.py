@@ -1,4 +1,5 @@
-"""Human units in config: durations (``250ms``, ``30s``) and sizes (``10MiB``).
+"""Human units in config: durations (``250ms``, ``30s``), sizes (``10MiB``), and the
+URLs of the servers the proxy calls.
 
 Config files are written by people; a bare number is accepted too (seconds,
 bytes) so environment overrides stay easy to type.
@@ -10,7 +11,8 @@ import math
 import re
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, WithJsonSchema
+from pydantic import AfterValidator, BeforeValidator, WithJsonSchema
+from yarl import URL
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_SCALE = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -83,3 +85,34 @@ ByteSize = Annotated[
     BeforeValidator(parse_size),
     WithJsonSchema(_schema("integer", _SIZE.pattern, "bytes, or '64KiB', '10MiB', '1GB'")),
 ]
+
+
+def _positive(seconds: float) -> float:
+    if seconds <= 0:
+        raise ValueError("must be greater than zero")
+    return seconds
+
+
+# A timeout or a period: zero would mean "fail at once" or "spin".
+PositiveDuration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    AfterValidator(_positive),
+    WithJsonSchema(_schema("number", _DURATION.pattern, "seconds, or '250ms', '30s', '5m'")),
+]
+
+
+def http_url(value: str) -> str:
+    """An absolute http(s) URL of a server the proxy calls, without a trailing slash."""
+    url = URL(value)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError("must be an absolute http:// or https:// URL with a host")
+    if url.query_string or url.fragment:
+        raise ValueError("must not carry a query string or fragment")
+    if url.raw_user is not None or url.raw_password is not None:
+        # They would be ignored (and shown wherever the URL is): say so.
+        raise ValueError("must not carry credentials (user:password@)")
+    return value.rstrip("/")
+
+
+HttpUrl = Annotated[str, AfterValidator(http_url)]

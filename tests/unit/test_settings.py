@@ -91,6 +91,30 @@ def route(**fields: Any) -> dict[str, Any]:
             {**MINIMAL, "shadow": {"capture_limit": "64KiB", "max_capture_memory": "32KiB"}},
             "shadow: max_capture_memory must be at least capture_limit, or no large body fits",
         ),
+        ({**MINIMAL, "coordination": "etcd"}, "coordination: Input should be 'local' or 'redis'"),
+        (
+            {**MINIMAL, "redis": {"url": "redis://:hunter2@r:6379/0"}},
+            "redis.url: must not carry a password: set redis.password instead",
+        ),
+        ({**MINIMAL, "redis": {"url": "http://r"}}, "redis.url: must be a redis:// or rediss://"),
+        (
+            {**MINIMAL, "redis": {"lease_ttl": "3s", "timeout": "1s"}},
+            "redis: timeout must be under a third of lease_ttl",
+        ),
+        ({**MINIMAL, "redis": {"poll_interval": 0}}, "redis.poll_interval: must be greater than"),
+        (
+            {**MINIMAL, "prometheus": {"url": "http://u:p@prom:9090"}},
+            "prometheus.url: must not carry credentials",
+        ),
+        ({**MINIMAL, "prometheus": {"min_window": "0s"}}, "prometheus.min_window: must be greater"),
+        (
+            {**MINIMAL, "prometheus": {"queries": {"samples": "sum(x{route='{{ rout }}'})"}}},
+            "prometheus.queries.samples: unknown template variable rout; known: {{ route }}",
+        ),
+        (
+            {**MINIMAL, "prometheus": {"selector": 'job="a"} or vector(1) #'}},
+            "prometheus.selector: must be PromQL label matchers",
+        ),
     ],
 )
 def test_each_bad_value_names_its_field_and_reason(data: dict[str, Any], expected: str) -> None:

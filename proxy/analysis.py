@@ -153,6 +153,11 @@ def to_stats(values: Mapping[str, float | None], queries: Mapping[str, str]) -> 
         except ValueError as exc:
             raise QueryError(name, queries.get(name, "?"), str(exc)) from None
     for part, whole in _BOUNDS:
+        if values.get(part) is None and numbers[whole] > 0:
+            # A whole with no parts means the part's query selects nothing (a typo, a
+            # selector): read as zero it would pass its gate without evidence.
+            cause = f"no series, while {whole} is {numbers[whole]}: the query selects nothing"
+            raise QueryError(part, queries.get(part, "?"), cause)
         numbers[part] = min(numbers[part], numbers[whole])
     return WindowStats(**numbers)
 
@@ -247,7 +252,8 @@ class PrometheusAnalysis:
                 statistic, query, f"no answer from {self.settings.url} within {timeout:g}s"
             ) from None
         except aiohttp.ClientConnectorError as exc:
-            code = exc.os_error.errno  # asyncio says "Connect call failed"; errno says why
+            # asyncio says "Connect call failed"; errno says why (a TLS error's is junk)
+            code = None if isinstance(exc, aiohttp.ClientSSLError) else exc.os_error.errno
             reason = os.strerror(code) if code is not None and code in errno.errorcode else str(exc)
             cause = f"cannot connect to {self.settings.url}: {reason}"
             raise QueryError(statistic, query, cause) from None

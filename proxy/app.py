@@ -106,7 +106,10 @@ class Core:
         state_file = settings.state_file if local else None
         self.controller = Controller(lambda: self.routing, metrics, state_file, analysis=analysis)
         self.fleet: Fleet | None = None
-        if not local:
+        if local:  # one process is its own fleet: it leads, and its state is at hand
+            metrics.fleet_leader.set(1)
+            metrics.fleet_connected.set(1)
+        else:
             self.fleet = Fleet(settings.redis, lambda: self.routing, metrics, self.controller.adopt)
             self.controller.coordination = self.fleet
         self.handler: LiveHandler | None = None
@@ -230,7 +233,9 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
     finally:
         app[HEALTH].ready = False
         stop.set()
-        await asyncio.gather(*services)
+        for failed in await asyncio.gather(*services, return_exceptions=True):
+            if isinstance(failed, Exception):  # still drain, release the lease, close
+                log.error("service_failed", error=repr(failed))
         if core.fleet is not None:
             await core.fleet.close()
         await core.controller.analysis.close()

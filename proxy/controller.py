@@ -30,7 +30,7 @@ from proxy.rollout import (
     measurement_failed,
     step,
 )
-from proxy.routing import RouteRuntime, Routing
+from proxy.routing import RouteRuntime, Routing, conform
 
 log = structlog.get_logger("proxy.rollout")
 
@@ -136,13 +136,21 @@ class Controller:
     async def _evaluate(self, rt: RouteRuntime, policy: Any, now: float) -> Decision | None:
         # Each failure is counted on fresh evidence: without this, one bad
         # minute inside a five-minute window would count at every tick.
-        since = max(rt.state.since, rt.judged_until)
+        measured = rt.state
+        since = max(measured.since, rt.judged_until)
         try:
             stats = await self.analysis.measure(rt, since, now)
         except AnalysisError as exc:
             return await self._unmeasured(rt, policy, now, str(exc))
         rt.analysis_errors = 0
-        return await self._change(rt, lambda state: step(state, stats, policy, now), now)
+
+        def judge(state: RolloutState) -> tuple[RolloutState, Decision]:
+            if _position(state) != _position(measured):  # an operator moved it meanwhile
+                reason = "the stage changed while the evidence was measured; judged next time"
+                return state, Decision("hold", reason, state.stage, state.stage)
+            return step(state, stats, policy, now)
+
+        return await self._change(rt, judge, now)
 
     async def _unmeasured(
         self, rt: RouteRuntime, policy: Any, now: float, error: str
@@ -195,7 +203,10 @@ class Controller:
         return decision
 
     def adopt(self, rt: RouteRuntime, state: RolloutState, by: str) -> None:
-        """A state another replica decided (fleet mode): serve it, show it, say so."""
+        """A state another replica decided (fleet mode): serve it, show it, say so.
+        This replica's config still bounds it (no autonomous stage it does not allow)."""
+        if rt.policy is not None:
+            state = conform(state, rt.policy, self._clock())
         old, rt.state = rt.state, state
         self._metrics.rollout(rt.name, state.stage, state.percent, Stage)
         if (old.stage, old.percent) != (state.stage, state.percent):
@@ -268,3 +279,7 @@ class Controller:
             statefile.save(self._state_file, routes)
         except OSError as exc:
             log.error("state_file_write_failed", path=str(self._state_file), error=str(exc))
+
+
+def _position(state: RolloutState) -> tuple[object, ...]:
+    return state.stage, state.percent, state.pending, state.resume_to

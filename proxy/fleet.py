@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -24,7 +26,7 @@ import structlog
 from proxy.controller import Change, Kept
 from proxy.errors import CoordinationError
 from proxy.fleetconfig import RedisSettings
-from proxy.fleetstore import CONFLICT, NOT_LEADER, FleetStore, Record
+from proxy.fleetstore import CONFLICT, NOT_LEADER, FleetStore, InvalidRecordError, Record
 from proxy.metrics import Metrics
 from proxy.rollout import RolloutState
 from proxy.routing import RouteRuntime, Routing
@@ -56,15 +58,17 @@ class Fleet:
         self.connected: bool | None = None  # None: not tried yet
         self._lease_until = 0.0  # monotonic: how long our last renewal lets us lead
         self._leading = False
-        self.versions: dict[str, int] = {}  # the version each route's local state came from
+        self.known: dict[str, tuple[str, int]] = {}  # the (epoch, version) each state came from
         self._config: dict[str, float] = {}  # the config share this replica has told the fleet
         self._locks: dict[str, asyncio.Lock] = {}
+        self._invalid_routes: set[str] = set()  # logged once each
 
     def leading(self) -> bool:
         return self._leading and self._clock() < self._lease_until
 
     def version(self, route: str) -> int | None:
-        return self.versions.get(route)
+        known = self.known.get(route)
+        return known[1] if known is not None else None
 
     def status(self) -> dict[str, Any]:
         connected = bool(self.connected)
@@ -77,17 +81,20 @@ class Fleet:
         write came first (the next tick decides again on fresh state). An operator's
         command is retried on a conflict. CoordinationError when Redis is unreachable.
         """
-        async with self._lock(rt.name):
+        name = rt.name
+        async with self._lock(name):
             for _ in range(_ATTEMPTS):
                 try:
-                    record = (await self.store.read([rt.name]))[rt.name]
-                    if record is not None:
-                        self._take(rt, record)
+                    record = (await self.store.read([name]))[name]
+                    rt = self._routing().runtime(name) or rt  # a reload may have swapped it
+                    if record is not None:  # a local reload's drift gives way, as in a poll
+                        self._take(rt, record, record.config_percent == rt.config_percent)
                     new, decision = change(rt.state)
                     if new == rt.state:
                         return new, decision
-                    expected = record.version if record is not None else 0
-                    version = await self._write(rt, new, expected, as_leader=as_leader)
+                    version = await self._write(rt, new, record, as_leader=as_leader)
+                except InvalidRecordError:
+                    raise  # not an outage: Redis answered, with something that is not ours
                 except CoordinationError as exc:
                     self._failed(exc)
                     raise
@@ -99,7 +106,7 @@ class Fleet:
                     return new, decision
                 if as_leader:
                     return None
-        raise CoordinationError("write", f"{rt.name}: the state kept changing; try again")
+        raise CoordinationError("write", f"{name}: the state kept changing; try again")
 
     async def start(self) -> None:
         """Join the fleet: adopt its state, or seed it; an unreachable Redis is not fatal."""
@@ -127,7 +134,10 @@ class Fleet:
 
     async def _every(self, stop: asyncio.Event, period: float, job: Callable[[], Any]) -> None:
         while not stop.is_set():
-            await job()
+            try:
+                await job()
+            except Exception:  # a bug must not end the loop: the fleet would go quiet
+                log.exception("fleet_loop_failed", job=job.__name__)
             await _pause(stop, period)
 
     async def _renew(self) -> None:
@@ -164,77 +174,92 @@ class Fleet:
         """Pub/sub: a write elsewhere is applied here at once. Polling covers the gaps."""
         while not stop.is_set():
             try:
-                async for route in self.store.events():
+                async for route in self.store.events(stop):
                     await self._refresh(route)
             except CoordinationError as exc:
                 self._failed(exc)
             await _pause(stop, self.settings.poll_interval)
 
     async def _refresh(self, route: str) -> None:
-        rt = self._routing().runtime(route)
-        if rt is None or rt.policy is None:
-            return
         async with self._lock(route):
             try:
                 record = (await self.store.read([route]))[route]
+            except InvalidRecordError as exc:
+                self._invalid(route, exc)
+                return
             except CoordinationError as exc:
                 self._failed(exc)
                 return
-            if record is not None:
+            rt = self._routing().runtime(route)  # looked up after the wait: a reload swaps it
+            if record is not None and rt is not None and rt.policy is not None:
                 self._take(rt, record)
 
     async def _sync(self) -> None:
         """Poll every route: adopt newer states, push this replica's config edits,
         seed what Redis lacks (first start, or a Redis restarted empty)."""
-        runtimes = [rt for rt in self._routing().runtimes.values() if rt.policy is not None]
+        names = [rt.name for rt in self._routing().runtimes.values() if rt.policy is not None]
         try:
-            for rt in runtimes:
-                async with self._lock(rt.name):
-                    record = (await self.store.read([rt.name]))[rt.name]
-                    await self._reconcile(rt, record)
+            for name in names:
+                async with self._lock(name):
+                    try:
+                        record = (await self.store.read([name]))[name]
+                    except InvalidRecordError as exc:
+                        self._invalid(name, exc)
+                        continue
+                    self._invalid_routes.discard(name)
+                    rt = self._routing().runtime(name)
+                    if rt is not None and rt.policy is not None:
+                        await self._reconcile(rt, record)
         except CoordinationError as exc:
             self._failed(exc)
             return
         self._seen(True)
 
     async def _reconcile(self, rt: RouteRuntime, record: Record | None) -> None:
-        told = self._config.get(rt.name)
         if record is None:
-            why = "seeded" if rt.name not in self.versions else "re-seeded after Redis lost it"
-            version = await self._write(rt, rt.state, 0, as_leader=False)
+            why = "seeded" if rt.name not in self.known else "re-seeded after Redis lost it"
+            version = await self._write(rt, rt.state, None, as_leader=False)
             if version > 0:
                 log.info("fleet_state_seeded", route=rt.name, version=version, how=why)
             return
-        if told is None and record.config_percent == rt.config_percent:
-            told = self._config[rt.name] = rt.config_percent  # joined a fleet on the same config
-        if told != rt.config_percent:  # started or reloaded with an edited share: it wins
-            version = await self._write(rt, rt.state, record.version, as_leader=False)
+        if record.config_percent == rt.config_percent:
+            # The fleet already has this config's share (this replica's, or one that
+            # reloaded the same edit first): the fleet's state wins over a local reload.
+            self._config[rt.name] = rt.config_percent
+            self._take(rt, record, same_version=True)
+            return
+        if self._config.get(rt.name) != rt.config_percent:  # started or reloaded with an edit
+            version = await self._write(rt, rt.state, record, as_leader=False)
             if version > 0:
                 log.info("fleet_config_share_pushed", route=rt.name, percent=rt.state.percent)
                 return
         self._take(rt, record)
 
     async def _write(
-        self, rt: RouteRuntime, state: RolloutState, expected: int, *, as_leader: bool
+        self, rt: RouteRuntime, state: RolloutState, record: Record | None, *, as_leader: bool
     ) -> int:
-        # A record re-created after Redis lost it continues the old numbering, so replicas
-        # that saw version 7 take the new one rather than ignore it as older.
-        floor = self.versions.get(rt.name, 0) if expected == 0 else 0
+        """Write ``state`` over ``record`` (None: create it, in a new epoch)."""
+        expected = record.version if record is not None else 0
+        epoch = record.epoch if record is not None else secrets.token_hex(6)
         version = await self.store.write(
-            rt.name, expected, state, rt.config_percent, as_leader=as_leader, floor=floor
+            rt.name, expected, state, rt.config_percent, epoch, as_leader=as_leader
         )
         if version > 0:
-            self.versions[rt.name] = version
+            self.known[rt.name] = (epoch, version)
             self._config[rt.name] = rt.config_percent
         return version
 
-    def _take(self, rt: RouteRuntime, record: Record) -> None:
-        """Adopt a record newer than what this replica holds."""
-        if record.version <= self.versions.get(rt.name, 0):
-            return
-        self.versions[rt.name] = record.version
+    def _take(self, rt: RouteRuntime, record: Record, same_version: bool = False) -> None:
+        """Adopt a record newer than what this replica holds, or from another epoch;
+        ``same_version``: also one this replica's own state has drifted from (a reload)."""
+        known = self.known.get(rt.name)
+        if known is not None and known[0] == record.epoch:  # same numbering: compare
+            older = record.version < known[1]
+            if older or (record.version == known[1] and not same_version):
+                return
+        self.known[rt.name] = (record.epoch, record.version)
         self._config.setdefault(rt.name, record.config_percent)
-        if record.state != rt.state:
+        if replace(record.state, since=0.0) != replace(rt.state, since=0.0):
             self._adopt(rt, record.state, record.by)
 
     def _lock(self, route: str) -> asyncio.Lock:
@@ -242,6 +267,13 @@ class Fleet:
         if lock is None:
             lock = self._locks[route] = asyncio.Lock()
         return lock
+
+    def _invalid(self, route: str, exc: CoordinationError) -> None:
+        """One route's record is not ours: that route holds, the others carry on."""
+        self._metrics.fleet_error(exc.operation)
+        if route not in self._invalid_routes:
+            self._invalid_routes.add(route)
+            log.error("fleet_record_invalid", route=route, error=str(exc), holding="last split")
 
     def _failed(self, exc: CoordinationError) -> None:
         self._metrics.fleet_error(exc.operation)

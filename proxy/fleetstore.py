@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -32,13 +33,13 @@ from proxy.rollout import RolloutState
 T = TypeVar("T")
 
 # KEYS: route hash, lease. ARGV: expected version, record JSON, lease holder ("" = any
-# writer, e.g. an admin), channel, route name, lowest previous version. Returns the new
-# version, 0 on a version conflict, -1 when the writer no longer holds the lease.
+# writer, e.g. an admin), channel, route name. Returns the new version, 0 on a version
+# conflict, -1 when the writer no longer holds the lease.
 _WRITE = """
 if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then return -1 end
 local version = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if version ~= tonumber(ARGV[1]) then return 0 end
-version = math.max(version, tonumber(ARGV[6])) + 1
+version = version + 1
 redis.call('HSET', KEYS[1], 'version', version, 'data', ARGV[2])
 redis.call('PUBLISH', ARGV[4], ARGV[5] .. ' ' .. version)
 return version
@@ -56,13 +57,24 @@ return 0
 """
 
 CONFLICT, NOT_LEADER = 0, -1
+_CLIENT_NAME = re.compile(r"[^!-~]")  # CLIENT SETNAME takes printable ASCII without spaces
+
+
+class InvalidRecordError(CoordinationError):
+    """A route's key holds something this code did not write: that route is left
+    alone (its replicas keep their split) until someone deletes the key."""
 
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One route's shared state as this process sees it (``state.since`` is monotonic)."""
+    """One route's shared state as this process sees it (``state.since`` is monotonic).
+
+    ``epoch`` is drawn when the record is created: a Redis that lost its data (a
+    restart, a failover to a lagging replica) starts numbering again, and a new
+    epoch tells the replicas that version 1 is news, not history."""
 
     version: int
+    epoch: str
     state: RolloutState
     config_percent: float
     by: str
@@ -90,7 +102,7 @@ class FleetStore:
             socket_timeout=settings.timeout,
             socket_connect_timeout=settings.timeout,
             retry=Retry(NoBackoff(), 0),  # the loops retry on their own schedule
-            client_name=f"shadow-proxy:{replica}"[:128].replace(" ", "_"),
+            client_name=_CLIENT_NAME.sub("_", f"shadow-proxy:{replica}")[:128],
         )
         self._write = self._redis.register_script(_WRITE)
         self._hold = self._redis.register_script(_HOLD)
@@ -107,12 +119,15 @@ class FleetStore:
             async with asyncio.timeout(self._timeout):
                 return await action()
         except (RedisError, OSError, TimeoutError) as exc:
-            # Idle pooled connections opened before an outage are dead too, but
-            # would fail only when next used, as a second outage after Redis is back.
-            with contextlib.suppress(RedisError, OSError):
-                await self._redis.connection_pool.disconnect(inuse_connections=False)
+            await self._drop_idle()
             cause = str(exc) or type(exc).__name__
             raise CoordinationError(operation, f"Redis {operation} failed: {cause}") from None
+
+    async def _drop_idle(self) -> None:
+        """Idle pooled connections opened before an outage are dead too, but would fail
+        only when next used: a second outage, logged after Redis is back."""
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.connection_pool.disconnect(inuse_connections=False)
 
     async def read(self, routes: Sequence[str]) -> dict[str, Record | None]:
         """Each route's record; None where Redis has none (never written, or Redis was emptied)."""
@@ -135,16 +150,16 @@ class FleetStore:
         expected: int,
         state: RolloutState,
         config_percent: float,
+        epoch: str,
         *,
         as_leader: bool,
-        floor: int = 0,
     ) -> int:
         """The new version; ``CONFLICT`` if someone wrote first, ``NOT_LEADER`` if the lease
-        moved. ``expected`` 0 creates the record, numbered above ``floor``."""
-        data = self._encode(state, config_percent)
+        moved. ``expected`` 0 creates the record."""
+        data = self._encode(state, config_percent, epoch)
         holder = self.replica if as_leader else ""
         keys = [self.key(route), self.lease_key]
-        args: list[bytes | str | int] = [expected, data, holder, self.channel, route, floor]
+        args: list[bytes | str | int] = [expected, data, holder, self.channel, route]
         reply = await self._call("write", lambda: self._write(keys=keys, args=args))
         return int(reply)
 
@@ -158,16 +173,19 @@ class FleetStore:
         keys, args = [self.lease_key], [self.replica]
         await self._call("lease", lambda: self._release(keys=keys, args=args))
 
-    async def events(self) -> AsyncIterator[str]:
-        """Route names as writes are published, until the connection breaks
-        (CoordinationError); the caller reconnects."""
+    async def events(self, stop: asyncio.Event) -> AsyncIterator[str]:
+        """Route names as writes are published, until ``stop`` is set or the connection
+        breaks (CoordinationError; the caller reconnects). ``stop`` is checked at every
+        idle read, not left to cancellation: a cancel that races the read's own timeout
+        can be swallowed (Python 3.11's asyncio.timeout), and shutdown would wait forever."""
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         try:
             await self._call("subscribe", lambda: pubsub.subscribe(self.channel))
-            while True:
+            while not stop.is_set():
                 try:  # a bounded wait: an idle channel is not a timeout error
                     message = await pubsub.get_message(timeout=self._timeout)
                 except (RedisError, OSError) as exc:
+                    await self._drop_idle()
                     raise CoordinationError("subscribe", f"Redis subscribe failed: {exc}") from None
                 if message is not None and message.get("type") == "message":
                     route, _, _ = bytes(message["data"]).decode(errors="replace").partition(" ")
@@ -176,10 +194,15 @@ class FleetStore:
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 
-    def _encode(self, state: RolloutState, config_percent: float) -> bytes:
+    def _encode(self, state: RolloutState, config_percent: float, epoch: str) -> bytes:
         shared = state.to_dict()
         shared["since"] = self._wall() - (self._clock() - state.since)
-        record = {"state": shared, "config_percent": config_percent, "by": self.replica}
+        record = {
+            "state": shared,
+            "config_percent": config_percent,
+            "epoch": epoch,
+            "by": self.replica,
+        }
         return orjson.dumps(record)
 
     def _decode(self, route: str, version: Any, data: Any) -> Record:
@@ -189,10 +212,13 @@ class FleetStore:
             shared = record["state"]
             state = RolloutState.from_dict(shared)
             since = self._clock() - max(0.0, self._wall() - state.since)
-            percent = record["config_percent"]
+            percent, epoch, by = record["config_percent"], record["epoch"], record["by"]
             if not isinstance(percent, int | float) or isinstance(percent, bool):
                 raise ValueError("config_percent must be a number")
-            return Record(int(version), replace(state, since=since), float(percent), record["by"])
+            if not isinstance(epoch, str) or not isinstance(by, str):
+                raise ValueError("epoch and by must be strings")
+            state = replace(state, since=since)
+            return Record(int(version), epoch, state, float(percent), by)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             reason = f"{self.key(route)} is not a shadow-proxy rollout record: {exc}"
-            raise CoordinationError("read", reason) from None
+            raise InvalidRecordError("read", reason) from None

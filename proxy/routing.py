@@ -96,7 +96,7 @@ def _initial_state(
     return replace(state, reason=f"started at {configured:g}% from the config"), "config"
 
 
-def _conform(state: RolloutState, policy: RolloutPolicy, now: float) -> RolloutState:
+def conform(state: RolloutState, policy: RolloutPolicy, now: float) -> RolloutState:
     """A config that no longer allows the autonomous stage takes it away at once,
     whatever the state file or the previous config said."""
     autonomous = state.stage is Stage.AUTONOMOUS
@@ -126,7 +126,7 @@ def build_runtime(
     else:
         state, _ = _initial_state(route, policy, saved, now)
     if policy is not None:
-        state = _conform(state, policy, now)
+        state = conform(state, policy, now)
     span = rollout.window if rollout is not None else 300.0
     window = previous.window if previous and previous.window.span == span else None
     breaker_policy = route.breaker.to_policy() if route.breaker.enabled else None

@@ -165,6 +165,22 @@ def test_parts_extrapolated_past_their_whole_are_clamped_to_it() -> None:
     assert to_stats(values, DEFAULT_QUERIES) == WindowStats(10, 10, 3, 3, 2, 2, 0.3, None)
 
 
+@pytest.mark.parametrize(
+    ("part", "whole"),
+    [("matches", "samples"), ("agent_errors", "agent_calls"), ("fallbacks", "agent_served")],
+)
+def test_a_part_that_selects_nothing_under_a_whole_with_data_is_an_error_not_a_zero(
+    part: str, whole: str
+) -> None:
+    """Read as zero, a mistyped errors query would pass the error-rate gate unseen."""
+    values: dict[str, float | None] = {name: 4.0 for name in COUNTS}
+    values[part] = None
+    with pytest.raises(QueryError, match=f"^{part}: no series, while {whole} is 4"):
+        to_stats(values, DEFAULT_QUERIES)
+    values[whole] = None  # no whole either: simply no data
+    assert getattr(to_stats(values, DEFAULT_QUERIES), whole) == 0
+
+
 def test_a_bad_number_names_its_statistic_and_query() -> None:
     with pytest.raises(QueryError) as raised:
         to_stats({"agent_errors": -4.0}, {"agent_errors": "sum(errors)"})

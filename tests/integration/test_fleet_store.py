@@ -49,10 +49,12 @@ async def test_two_writers_from_one_version_one_wins_the_other_conflicts(
     redis: RedisServer,
 ) -> None:
     a, b = FleetStore(redis_settings(redis), "a"), FleetStore(redis_settings(redis), "b")
-    seeded = await a.write("api", 0, RolloutState(since=time.monotonic()), 0.0, as_leader=False)
+    seeded = await a.write(
+        "api", 0, RolloutState(since=time.monotonic()), 0.0, "e1", as_leader=False
+    )
     assert seeded == 1
-    first = await a.write("api", 1, canary(1, time.monotonic()), 0.0, as_leader=False)
-    second = await b.write("api", 1, canary(5, time.monotonic()), 0.0, as_leader=False)
+    first = await a.write("api", 1, canary(1, time.monotonic()), 0.0, "e1", as_leader=False)
+    second = await b.write("api", 1, canary(5, time.monotonic()), 0.0, "e1", as_leader=False)
     assert (first, second) == (2, CONFLICT)
     record = (await b.read(["api"]))["api"]
     assert record is not None
@@ -68,12 +70,15 @@ async def test_a_deposed_leader_cannot_write_once_another_holds_the_lease(
     assert await a.hold_lease(0.3)
     assert not await b.hold_lease(0.3)  # held
     assert await a.hold_lease(0.3)  # renewed by its holder
-    assert await a.write("api", 0, canary(1, time.monotonic()), 0.0, as_leader=True) == 1
+    assert await a.write("api", 0, canary(1, time.monotonic()), 0.0, "e1", as_leader=True) == 1
     await asyncio.sleep(0.5)  # a stalls past its TTL: the lease is free
     assert await b.hold_lease(3.0)
-    assert await a.write("api", 1, canary(5, time.monotonic()), 0.0, as_leader=True) == NOT_LEADER
-    assert await b.write("api", 1, canary(5, time.monotonic()), 0.0, as_leader=True) == 2
-    assert await a.write("api", 2, canary(10, time.monotonic()), 0.0, as_leader=False) == 3
+    assert (
+        await a.write("api", 1, canary(5, time.monotonic()), 0.0, "e1", as_leader=True)
+        == NOT_LEADER
+    )
+    assert await b.write("api", 1, canary(5, time.monotonic()), 0.0, "e1", as_leader=True) == 2
+    assert await a.write("api", 2, canary(10, time.monotonic()), 0.0, "e1", as_leader=False) == 3
     await a.release_lease()  # not a's to release: b keeps it
     assert not await a.hold_lease(3.0)
     await a.close()
@@ -87,7 +92,7 @@ async def test_time_in_stage_survives_processes_with_different_monotonic_clocks(
     wall = time.time
     a = FleetStore(redis_settings(redis), "a", clock=lambda: wall() - 1_000.0, wall=wall)
     b = FleetStore(redis_settings(redis), "b", clock=lambda: wall() + 50_000.0, wall=wall)
-    await a.write("api", 0, canary(5, wall() - 1_000.0 - 42.0), 0.0, as_leader=False)
+    await a.write("api", 0, canary(5, wall() - 1_000.0 - 42.0), 0.0, "e1", as_leader=False)
     record = (await b.read(["api"]))["api"]
     assert record is not None
     assert wall() + 50_000.0 - record.state.since == pytest.approx(42.0, abs=1.0)
@@ -113,7 +118,7 @@ async def test_an_unreachable_redis_is_a_coordination_error_for_every_operation(
     redis: RedisServer,
 ) -> None:
     store = FleetStore(redis_settings(redis), "a")
-    events = store.events()
+    events = store.events(asyncio.Event())
     listening = asyncio.ensure_future(events.__anext__())
     await asyncio.sleep(0.2)
     await redis.stop()
@@ -123,7 +128,7 @@ async def test_an_unreachable_redis_is_a_coordination_error_for_every_operation(
     state = RolloutState(since=time.monotonic())
     operations: list[tuple[str, Callable[[], Any]]] = [
         ("read", lambda: store.read(["api"])),
-        ("write", lambda: store.write("api", 0, state, 0.0, as_leader=False)),
+        ("write", lambda: store.write("api", 0, state, 0.0, "e1", as_leader=False)),
         ("lease", lambda: store.hold_lease(3.0)),
     ]
     for name, call in operations:
@@ -178,6 +183,10 @@ class Replica:
     def state(self) -> RolloutState:
         return self.routing.runtimes["api"].state
 
+    def reload(self, settings: Settings) -> None:
+        """What Core.apply does with the routing on a config reload."""
+        self.routing = Routing(settings, now=time.monotonic(), previous=self.routing)
+
     async def start(self) -> Replica:
         await self.fleet.start()
         self.task = asyncio.create_task(self.fleet.run(self.stop))
@@ -221,10 +230,12 @@ async def test_replicas_seed_follow_hold_without_redis_and_reseed_it_when_it_ret
         await asyncio.sleep(0.5)
         assert one.state.percent == two.state.percent == 25.0
 
-        await redis.start()  # back, and empty: re-seeded above the old numbering
+        before = one.fleet.known["api"]
+        await redis.start()  # back, and empty: re-seeded, numbered from 1 in a new epoch
         await until(lambda: one.connected() == 1 and two.connected() == 1)
-        await until(lambda: (one.fleet.version("api") or 0) >= 3)
-        await until(lambda: one.fleet.version("api") == two.fleet.version("api"))
+        await until(lambda: one.fleet.known["api"][0] != before[0])
+        await until(lambda: one.fleet.known["api"] == two.fleet.known["api"])
+        assert one.state.percent == two.state.percent == 25.0
         await one.controller.command("api", Command.ROLLBACK)
         await until(lambda: two.state.stage is Stage.ROLLED_BACK, within=1.0)
     finally:
@@ -283,3 +294,84 @@ async def test_a_write_reaches_the_other_replicas_through_pub_sub_long_before_a_
     finally:
         await one.close()
         await two.close()
+
+
+async def test_a_redis_that_lost_its_data_numbers_from_one_and_every_replica_still_follows(
+    redis: RedisServer,
+) -> None:
+    """A replica started during the outage seeds version 1 in a new epoch: the
+    others, which knew version 2, must take it and everything after it."""
+    one = await Replica(settings(redis, "one", percent=5.0)).start()
+    try:
+        await one.controller.command("api", Command.SET, 25.0)
+        await redis.stop()
+        await redis.start()
+        two = await Replica(settings(redis, "two", percent=5.0)).start()  # seeds 5%, v1
+        try:
+            await until(lambda: one.state.percent == 5.0)
+            await two.controller.command("api", Command.SET, 50.0)
+            await until(lambda: one.state.percent == 50.0)
+            assert one.fleet.known["api"] == two.fleet.known["api"]
+        finally:
+            await two.close()
+    finally:
+        await one.close()
+
+
+async def test_a_late_reload_of_the_same_edit_does_not_undo_what_the_fleet_did_since(
+    redis: RedisServer,
+) -> None:
+    """ConfigMap updates reach pods up to a minute apart: the first reload pushes the
+    edited share, and a later one of the same edit gives way to the fleet's state."""
+    one = await Replica(settings(redis, "one", percent=5.0)).start()
+    two = await Replica(settings(redis, "two", percent=5.0)).start()
+    try:
+        one.reload(settings(redis, "one", percent=10.0))
+        await until(lambda: two.state.percent == 10.0)
+        await one.controller.command("api", Command.PAUSE)
+        await until(lambda: two.state.stage is Stage.PAUSED)
+        two.reload(settings(redis, "two", percent=10.0))  # its local share: a SET to 10%
+        await until(lambda: two.state.stage is Stage.PAUSED)
+        await asyncio.sleep(0.5)
+        assert one.state.stage is two.state.stage is Stage.PAUSED
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_a_record_that_is_not_ours_holds_that_route_without_calling_it_an_outage(
+    redis: RedisServer,
+) -> None:
+    one = await Replica(settings(redis, "one", percent=5.0)).start()
+    try:
+        await redis.command(b"HSET", b"test:route:api", b"version", b"9", b"data", b"{}")
+        await asyncio.sleep(0.6)  # three polls
+        assert one.state.percent == 5.0
+        assert one.connected() == 1
+        with pytest.raises(CoordinationError, match="not a shadow-proxy rollout record"):
+            await one.controller.command("api", Command.SET, 50.0)
+        await redis.command(b"DEL", b"test:route:api")  # the way out: delete the key
+        await until(lambda: one.fleet.version("api") == 1)
+        await one.controller.command("api", Command.SET, 50.0)
+        assert one.state.percent == 50.0
+    finally:
+        await one.close()
+
+
+async def test_a_state_the_local_config_forbids_is_bounded_by_it_when_adopted(
+    redis: RedisServer,
+) -> None:
+    """A replica whose config no longer allows the autonomous stage (no fallback to
+    legacy) never serves it, whatever the fleet's record says."""
+    one = await Replica(settings(redis, "one", percent=5.0)).start()
+    try:
+        epoch, version = one.fleet.known["api"]
+        autonomous = RolloutState(Stage.AUTONOMOUS, 100.0, since=time.monotonic(), reason="x")
+        writer = FleetStore(redis_settings(redis), "elsewhere")
+        assert await writer.write("api", version, autonomous, 5.0, epoch, as_leader=False) > 0
+        await writer.close()
+        await until(lambda: one.fleet.version("api") == version + 1)
+        assert (one.state.stage, one.state.percent) == (Stage.PRIMARY, 100.0)
+        assert not one.routing.runtimes["api"].autonomous
+    finally:
+        await one.close()

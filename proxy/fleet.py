@@ -180,18 +180,22 @@ class Fleet:
                 self._failed(exc)
             await _pause(stop, self.settings.poll_interval)
 
-    async def _refresh(self, route: str) -> None:
+    async def _refresh(self, route: str, *, reconcile: bool = False) -> None:
+        """Read one route and adopt what is new (pub/sub), or also reconcile it with
+        this replica's config (the poll). CoordinationError when Redis is unreachable."""
         async with self._lock(route):
             try:
                 record = (await self.store.read([route]))[route]
             except InvalidRecordError as exc:
                 self._invalid(route, exc)
                 return
-            except CoordinationError as exc:
-                self._failed(exc)
-                return
+            self._invalid_routes.discard(route)
             rt = self._routing().runtime(route)  # looked up after the wait: a reload swaps it
-            if record is not None and rt is not None and rt.policy is not None:
+            if rt is None or rt.policy is None:
+                return
+            if reconcile:
+                await self._reconcile(rt, record)
+            elif record is not None:
                 self._take(rt, record)
 
     async def _sync(self) -> None:
@@ -200,16 +204,7 @@ class Fleet:
         names = [rt.name for rt in self._routing().runtimes.values() if rt.policy is not None]
         try:
             for name in names:
-                async with self._lock(name):
-                    try:
-                        record = (await self.store.read([name]))[name]
-                    except InvalidRecordError as exc:
-                        self._invalid(name, exc)
-                        continue
-                    self._invalid_routes.discard(name)
-                    rt = self._routing().runtime(name)
-                    if rt is not None and rt.policy is not None:
-                        await self._reconcile(rt, record)
+                await self._refresh(name, reconcile=True)
         except CoordinationError as exc:
             self._failed(exc)
             return

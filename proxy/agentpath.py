@@ -123,7 +123,8 @@ class AgentPath:
                 legacy_call.cancel()
             raise
         obs = answer.observation
-        self._agent_result(route, rt, obs.error is None and obs.status < 500, obs.latency)
+        ok = obs.error is None and obs.status < 500
+        rt.agent_result(ok, obs.latency, time.monotonic(), Mode.LIVE, self._metrics)
         verdict = self._verdict(rt, answer)
         if verdict is not None and not safe and answer.error_kind != "connect":
             # The agent received a request that is not side-effect free; calling
@@ -132,7 +133,7 @@ class AgentPath:
             log.warning("fallback_unsafe", route=route.name, reason=reason.value, detail=detail)
             verdict = None
         if verdict is None or not rt.fallback_enabled or rt.autonomous:
-            self._served(route, rt, False, now)
+            rt.served(False, now, self._metrics)
             self._later(route, rt, request, headers, legacy_call, answer, AGENT)
             if answer.failure is not None:
                 self._metrics.request(route.name, AGENT, answer.failure.status)
@@ -143,19 +144,6 @@ class AgentPath:
         if legacy_call is not None:
             self._later(route, rt, request, headers, legacy_call, answer, LEGACY)
         return await self._fall_back(route, rt, reason, detail, body, forward_legacy, legacy_call)
-
-    def _agent_result(
-        self, route: CompiledRoute, rt: RouteRuntime, ok: bool, latency: float | None
-    ) -> None:
-        """One agent call as the gates judge it, in both places they read it from: this
-        process's window (and breaker), and the counter a fleet's PromQL sums."""
-        rt.agent_result(ok, latency, time.monotonic())
-        self._metrics.agent_call(route.name, Mode.LIVE, ok)
-
-    def _served(self, route: CompiledRoute, rt: RouteRuntime, fallback: bool, now: float) -> None:
-        """The split gave the agent this request; ``fallback``: legacy answered it."""
-        rt.window.served(fallback, now)
-        self._metrics.agent_served(route.name, fallback)
 
     def _alongside(
         self,
@@ -200,7 +188,7 @@ class AgentPath:
         forward_legacy: LegacyForward,
         legacy_call: asyncio.Task[Answer] | None = None,
     ) -> web.StreamResponse:
-        self._served(route, rt, True, time.monotonic())
+        rt.served(True, time.monotonic(), self._metrics)
         self._metrics.fallback(route.name, reason.value)
         log.info("fallback", route=route.name, reason=reason.value, detail=detail)
         if legacy_call is not None:
@@ -310,7 +298,9 @@ class AgentPath:
             ) as up:
                 status_bad = (up.status >= 500 and policy.on_5xx) or up.status in policy.statuses
                 if status_bad and rt.fallback_enabled and safe:
-                    self._agent_result(route, rt, up.status < 500, None)
+                    rt.agent_result(
+                        up.status < 500, None, time.monotonic(), Mode.LIVE, self._metrics
+                    )
                     detail = f"agent answered {up.status}"
                     return await self._fall_back(
                         route, rt, FallbackReason.STATUS, detail, body, forward_legacy, legacy_call
@@ -321,7 +311,7 @@ class AgentPath:
                 await client.head(head.prepare(request))
                 response = head  # committed: no fallback from here on
                 self._metrics.request(route.name, AGENT, up.status)
-                self._served(route, rt, False, time.monotonic())
+                rt.served(False, time.monotonic(), self._metrics)
                 copy = BodyCapture(route.capture_limit)
                 async for chunk in up.chunks():
                     copy.feed(chunk)
@@ -329,7 +319,9 @@ class AgentPath:
                 await client.send(response.write_eof())
                 latency = perf_counter() - start - client.waited  # the agent's time, not ours
                 self._metrics.upstream(route.name, AGENT, Mode.LIVE, latency)
-                self._agent_result(route, rt, up.status < 500, latency)
+                rt.agent_result(
+                    up.status < 500, latency, time.monotonic(), Mode.LIVE, self._metrics
+                )
                 obs = Observation(AGENT, up.status, lowered(up.headers), copy.value(), latency)
                 answer = Answer(obs, CIMultiDict(up.headers))
                 self._later(route, rt, request, headers, legacy_call, answer, AGENT)
@@ -349,7 +341,7 @@ class AgentPath:
                 cut_off(request)
                 return response
             self._metrics.upstream_error(route.name, AGENT, Mode.LIVE, failure.kind)
-            self._agent_result(route, rt, False, None)
+            rt.agent_result(False, None, time.monotonic(), Mode.LIVE, self._metrics)
             if response is not None:  # mid-body: the client must see a cut, not a short answer
                 log.warning("agent_failed_mid_body", route=route.name, detail=failure.detail)
                 cut_off(request)
@@ -358,7 +350,7 @@ class AgentPath:
             if not rt.fallback_enabled or not policy.on_error or (received and not safe):
                 if legacy_call is not None:
                     legacy_call.cancel()
-                self._served(route, rt, False, time.monotonic())
+                rt.served(False, time.monotonic(), self._metrics)
                 self._metrics.request(route.name, AGENT, failure.status)
                 return _agent_failed(failure)
             reason = classify_failure(failure.kind)

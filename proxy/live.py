@@ -193,8 +193,7 @@ class LiveHandler:
             except BodyTooLargeError as exc:  # too big to hold: legacy streams it
                 rest = _request_body(request.content, route.body_limit - len(exc.prefix), None)
                 extra = CIMultiDict({SERVED_BY: LEGACY, FALLBACK_REASON: "too_large"})
-                runtime.window.served(True, time.monotonic())
-                self.metrics.agent_served(route.name, True)
+                runtime.served(True, time.monotonic(), self.metrics)
                 self.metrics.fallback(route.name, "too_large")
                 return await forward_legacy(_chain(exc.prefix, rest), extra)
             except ClientGoneError:

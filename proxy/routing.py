@@ -16,11 +16,13 @@ import structlog
 
 from proxy.breaker import BreakerState, CircuitBreaker
 from proxy.fallback import FallbackPolicy
+from proxy.metrics import Metrics
 from proxy.retry import RetryPolicy
 from proxy.rollout import Command, RolloutPolicy, RolloutState, Stage, apply
 from proxy.routes import RouteTable
 from proxy.sampling import Sampler
 from proxy.settings import Route, Settings
+from proxy.types import Mode
 from proxy.window import EvidenceWindow
 
 log = structlog.get_logger("proxy.routing")
@@ -62,9 +64,19 @@ class RouteRuntime:
         """Breaker open: shadowing pauses too (no probes are spent on it)."""
         return self.breaker is not None and self.breaker.state(now) is BreakerState.OPEN
 
-    def agent_result(self, ok: bool, latency: float | None, now: float) -> BreakerState | None:
+    def agent_result(
+        self, ok: bool, latency: float | None, now: float, mode: Mode, metrics: Metrics
+    ) -> BreakerState | None:
+        """One agent call as the gates judge it, in both places they read it from: this
+        process's window (and the breaker), and the counter a fleet's PromQL sums."""
         self.window.agent_call(ok, latency, now)
+        metrics.agent_call(self.name, mode, ok)
         return self.breaker.record(ok, now) if self.breaker is not None else None
+
+    def served(self, fallback: bool, now: float, metrics: Metrics) -> None:
+        """The split gave the agent a live request; ``fallback``: legacy answered it."""
+        self.window.served(fallback, now)
+        metrics.agent_served(self.name, fallback)
 
     def agent_cancelled(self, now: float) -> None:
         """A call abandoned mid-flight (its client left, or shutdown). A half-open

@@ -231,7 +231,7 @@ class Shadow:
             self._metrics.upstream_error(name, AGENT, Mode.SHADOW, failure.kind)
             self._metrics.shadow(name, ShadowOutcome.TIMEOUT if timed_out else ShadowOutcome.ERROR)
             log.info("shadow_failed", route=name, request_id=job.request_id, detail=failure.detail)
-            self._agent_result(job, False, None)  # the breaker and the error-rate gate count it
+            self._agent_result(job, False, None)
             return Observation(AGENT, latency=perf_counter() - start, error=failure.reason)
         self._metrics.upstream(name, AGENT, Mode.SHADOW, latency)
         self._metrics.shadow(name, ShadowOutcome.COMPLETED)
@@ -240,11 +240,8 @@ class Shadow:
         return observation
 
     def _agent_result(self, job: ShadowJob, ok: bool, latency: float | None) -> None:
-        """One agent call as the gates judge it, in both places they read it from: this
-        process's window (and breaker), and the counter a fleet's PromQL sums."""
-        if job.runtime is not None:
-            job.runtime.agent_result(ok, latency, time.monotonic())
-            self._metrics.agent_call(job.route.name, Mode.SHADOW, ok)
+        if job.runtime is not None:  # the breaker and the gates count it
+            job.runtime.agent_result(ok, latency, time.monotonic(), Mode.SHADOW, self._metrics)
 
 
 async def _within(future: asyncio.Future[T], deadline: float) -> T | None:

@@ -40,6 +40,7 @@ from proxy.gates import WindowStats
 from proxy.metrics import Metrics
 from proxy.routing import RouteRuntime, Routing
 from proxy.settings import settings_from
+from proxy.types import Mode
 
 
 def runtime(name: str = "api", window: str = "300s") -> RouteRuntime:
@@ -193,7 +194,7 @@ async def test_local_analysis_reads_the_routes_own_window() -> None:
     rt = runtime()
     rt.window.comparison(True, 10.0)
     rt.window.comparison(False, 20.0)
-    rt.agent_result(False, None, 20.5)
+    rt.agent_result(False, None, 20.5, Mode.SHADOW, Metrics(CollectorRegistry(), ["api"]))
     stats = await LocalAnalysis().measure(rt, 15.0, 21.0)
     assert stats == WindowStats(samples=1, matches=0, agent_calls=1, agent_errors=1)
 

@@ -85,7 +85,7 @@ class Fleet:
         async with self._lock(name):
             for _ in range(_ATTEMPTS):
                 try:
-                    record = (await self.store.read([name]))[name]
+                    record = await self.store.read(name)
                     rt = self._routing().runtime(name) or rt  # a reload may have swapped it
                     if record is not None:  # a local reload's drift gives way, as in a poll
                         self._take(rt, record, record.config_percent == rt.config_percent)
@@ -185,7 +185,7 @@ class Fleet:
         this replica's config (the poll). CoordinationError when Redis is unreachable."""
         async with self._lock(route):
             try:
-                record = (await self.store.read([route]))[route]
+                record = await self.store.read(route)
             except InvalidRecordError as exc:
                 self._invalid(route, exc)
                 return
@@ -253,7 +253,6 @@ class Fleet:
             if older or (record.version == known[1] and not same_version):
                 return
         self.known[rt.name] = (record.epoch, record.version)
-        self._config.setdefault(rt.name, record.config_percent)
         if replace(record.state, since=0.0) != replace(rt.state, since=0.0):
             self._adopt(rt, record.state, record.by)
 

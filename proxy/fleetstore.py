@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -129,20 +129,11 @@ class FleetStore:
         with contextlib.suppress(RedisError, OSError):
             await self._redis.connection_pool.disconnect(inuse_connections=False)
 
-    async def read(self, routes: Sequence[str]) -> dict[str, Record | None]:
-        """Each route's record; None where Redis has none (never written, or Redis was emptied)."""
-
-        async def fetch() -> list[Any]:
-            pipe = self._redis.pipeline(transaction=False)
-            for route in routes:
-                pipe.hmget(self.key(route), "version", "data")
-            return list(await pipe.execute())
-
-        replies = await self._call("read", fetch)
-        records: dict[str, Record | None] = {}
-        for route, (version, data) in zip(routes, replies, strict=True):
-            records[route] = None if version is None else self._decode(route, version, data)
-        return records
+    async def read(self, route: str) -> Record | None:
+        """The route's record; None when Redis has none (never written, or Redis was emptied)."""
+        key = self.key(route)
+        version, data = await self._call("read", lambda: self._redis.hmget(key, "version", "data"))
+        return None if version is None else self._decode(route, version, data)
 
     async def write(
         self,

@@ -56,7 +56,7 @@ async def test_two_writers_from_one_version_one_wins_the_other_conflicts(
     first = await a.write("api", 1, canary(1, time.monotonic()), 0.0, "e1", as_leader=False)
     second = await b.write("api", 1, canary(5, time.monotonic()), 0.0, "e1", as_leader=False)
     assert (first, second) == (2, CONFLICT)
-    record = (await b.read(["api"]))["api"]
+    record = await b.read("api")
     assert record is not None
     assert (record.version, record.state.percent, record.by) == (2, 1.0, "a")
     await a.close()
@@ -93,7 +93,7 @@ async def test_time_in_stage_survives_processes_with_different_monotonic_clocks(
     a = FleetStore(redis_settings(redis), "a", clock=lambda: wall() - 1_000.0, wall=wall)
     b = FleetStore(redis_settings(redis), "b", clock=lambda: wall() + 50_000.0, wall=wall)
     await a.write("api", 0, canary(5, wall() - 1_000.0 - 42.0), 0.0, "e1", as_leader=False)
-    record = (await b.read(["api"]))["api"]
+    record = await b.read("api")
     assert record is not None
     assert wall() + 50_000.0 - record.state.since == pytest.approx(42.0, abs=1.0)
     await a.close()
@@ -110,7 +110,7 @@ async def test_a_record_that_is_not_ours_is_a_coordination_error_naming_the_key(
     await redis.command(b"HSET", b"test:route:api", b"version", b"3", b"data", data)
     store = FleetStore(redis_settings(redis), "a")
     with pytest.raises(CoordinationError, match="test:route:api is not a shadow-proxy"):
-        await store.read(["api"])
+        await store.read("api")
     await store.close()
 
 
@@ -127,7 +127,7 @@ async def test_an_unreachable_redis_is_a_coordination_error_for_every_operation(
     assert failed.value.operation == "subscribe"
     state = RolloutState(since=time.monotonic())
     operations: list[tuple[str, Callable[[], Any]]] = [
-        ("read", lambda: store.read(["api"])),
+        ("read", lambda: store.read("api")),
         ("write", lambda: store.write("api", 0, state, 0.0, "e1", as_leader=False)),
         ("lease", lambda: store.hold_lease(3.0)),
     ]

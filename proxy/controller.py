@@ -23,6 +23,7 @@ from proxy.metrics import Metrics
 from proxy.rollout import (
     Command,
     Decision,
+    RolloutPolicy,
     RolloutState,
     Stage,
     WindowStats,
@@ -133,7 +134,9 @@ class Controller:
                 decisions.append(decision)
         return decisions
 
-    async def _evaluate(self, rt: RouteRuntime, policy: Any, now: float) -> Decision | None:
+    async def _evaluate(
+        self, rt: RouteRuntime, policy: RolloutPolicy, now: float
+    ) -> Decision | None:
         # Each failure is counted on fresh evidence: without this, one bad
         # minute inside a five-minute window would count at every tick.
         measured = rt.state
@@ -153,16 +156,15 @@ class Controller:
         return await self._change(rt, judge, now)
 
     async def _unmeasured(
-        self, rt: RouteRuntime, policy: Any, now: float, error: str
+        self, rt: RouteRuntime, policy: RolloutPolicy, now: float, error: str
     ) -> Decision | None:
         """A failed measurement holds; enough of them in a row count as one failed interval."""
         self._metrics.analysis_error(rt.name)
-        rt.analysis_errors += 1
+        rt.analysis_errors = errors = rt.analysis_errors + 1
         limit = self.analysis.max_consecutive_errors
-        errors = rt.analysis_errors
         log.warning("analysis_failed", route=rt.name, error=error, consecutive=errors, limit=limit)
-        if rt.analysis_errors < limit:
-            reason = f"measurement failed ({rt.analysis_errors} of {limit} in a row): {error}"
+        if errors < limit:
+            reason = f"measurement failed ({errors} of {limit} in a row): {error}"
             self.last[rt.name] = decision = Decision("hold", reason, rt.state.stage, rt.state.stage)
             return decision
         rt.analysis_errors = 0

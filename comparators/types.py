@@ -8,7 +8,7 @@ data; a comparator that raises is turned into an ``error`` result by
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -28,16 +28,41 @@ class DiffKind(StrEnum):
     TYPE = "type"  # different JSON types (or unparsable agent body)
 
 
+class ToolOutcome(StrEnum):
+    OK = "ok"
+    ERROR = "error"
+    INVALID_ARGUMENTS = "invalid_arguments"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One tool call an answer made (or, for legacy, the action it reports).
+
+    ``arguments`` is the parsed JSON when ``valid``; otherwise the raw text.
+    ``outcome`` is set only when the answer says how the call went.
+    """
+
+    name: str
+    arguments: Any = None
+    valid: bool = True
+    outcome: ToolOutcome | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Sample:
     """One side of an exchange, as captured by the proxy.
 
     ``headers`` keys are lower-case; ``body`` is the full captured body.
+    ``tool_calls`` are the calls the proxy read from the body (its agent
+    format parser); ``alternatives`` are further answers to the same request
+    (more samples from the agent), for comparators that vote.
     """
 
     status: int
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
+    tool_calls: tuple[ToolCall, ...] = ()
+    alternatives: tuple[Sample, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,3 +110,17 @@ class Comparator(Protocol):
     name: ClassVar[str]
 
     def __call__(self, legacy: Sample, agent: Sample) -> Result: ...
+
+
+@runtime_checkable
+class AsyncComparator(Protocol):
+    """A comparator that waits on something (a model on a worker thread, an
+    LLM judge over HTTP). It is registered like any other; ``acompare`` awaits
+    it with the rest, ``compare`` (synchronous) skips it with a reason.
+    ``agent_samples`` > 1 asks the caller for that many agent answers in all
+    (``Sample.alternatives`` carries the extra ones)."""
+
+    name: ClassVar[str]
+    asynchronous: ClassVar[bool]  # always True
+
+    def __call__(self, legacy: Sample, agent: Sample) -> Awaitable[Result]: ...

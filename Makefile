@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+SEMANTIC := $(VENV)/.semantic
 
 .PHONY: install system-deps demo test lint unit schema bench soak clean
 
@@ -14,6 +15,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The semantic comparator's extra, for the tests: torch's CPU build first
+# (pinned, so pip never reaches for the CUDA one), then the model.
+$(SEMANTIC): $(STAMP)
+	$(BIN)/python -m pip install --quiet 'torch==2.13.0'
+	$(BIN)/python -m pip install --quiet -e '.[dev,semantic]'
+	touch $(SEMANTIC)
 
 # Debian packages the tests and benchmarks need (promtool, nginx + echo, wrk); idempotent.
 system-deps:
@@ -30,7 +38,7 @@ lint: install
 unit: install
 	$(BIN)/pytest tests/unit -m "not e2e"
 
-test: lint system-deps
+test: lint system-deps $(SEMANTIC)
 	$(BIN)/pytest
 
 # shadow-proxy, Envoy and nginx side by side; writes docs/benchmarks.md and

@@ -17,7 +17,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
 from .errors import InvalidComparatorOptionsError, UnknownComparatorError
-from .types import Comparator
+from .types import AsyncComparator, Comparator
 
 __all__ = [
     "InvalidComparatorOptionsError",
@@ -28,10 +28,11 @@ __all__ = [
     "register",
 ]
 
-C = TypeVar("C", bound=type[Comparator])
+AnyComparator = Comparator | AsyncComparator
+C = TypeVar("C", bound=type[Comparator] | type[AsyncComparator])
 
-_REGISTRY: dict[str, type[Comparator]] = {}
-_ADAPTERS: dict[type[Comparator], TypeAdapter[Any]] = {}
+_REGISTRY: dict[str, type[AnyComparator]] = {}
+_ADAPTERS: dict[type[AnyComparator], TypeAdapter[Any]] = {}
 
 # pydantic speaks Python; config authors write YAML, where tuples are lists.
 _FRIENDLY = {"tuple_type": "Input should be a valid list"}
@@ -63,7 +64,7 @@ def known() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _lookup(name: str) -> type[Comparator]:
+def _lookup(name: str) -> type[AnyComparator]:
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -72,14 +73,14 @@ def _lookup(name: str) -> type[Comparator]:
         ) from None
 
 
-def _adapter(cls: type[Comparator]) -> TypeAdapter[Any]:
+def _adapter(cls: type[AnyComparator]) -> TypeAdapter[Any]:
     adapter = _ADAPTERS.get(cls)
     if adapter is None:
         adapter = _ADAPTERS[cls] = TypeAdapter(cls)
     return adapter
 
 
-def _describe(name: str, cls: type[Comparator], err: ErrorDetails) -> str:
+def _describe(name: str, cls: type[AnyComparator], err: ErrorDetails) -> str:
     where = ".".join(str(part) for part in err["loc"]) or "(options)"
     if err["type"] == "value_error" and "error" in err.get("ctx", {}):
         why = str(err["ctx"]["error"])
@@ -91,11 +92,11 @@ def _describe(name: str, cls: type[Comparator], err: ErrorDetails) -> str:
     return f"{name}: {where}: {why}"
 
 
-def build(name: str, options: Mapping[str, Any]) -> Comparator:
+def build(name: str, options: Mapping[str, Any]) -> AnyComparator:
     """A validated comparator instance, or an error naming what is wrong."""
     cls = _lookup(name)
     try:
-        comparator: Comparator = _adapter(cls).validate_python(dict(options))
+        comparator: AnyComparator = _adapter(cls).validate_python(dict(options))
     except ValidationError as exc:
         lines = [_describe(name, cls, err) for err in exc.errors()]
         raise InvalidComparatorOptionsError("\n".join(lines)) from None

@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from proxy.controller import Controller, UnknownRouteError
 from proxy.errors import CoordinationError
 from proxy.metrics import Metrics
+from proxy.noise import NoiseLearner
 from proxy.rollout import Command, Decision, GateResult
 from proxy.routing import RouteRuntime
 
@@ -38,6 +39,7 @@ class Health:
 METRICS = web.AppKey("metrics", Metrics)
 HEALTH = web.AppKey("health", Health)
 ROLLOUT = web.AppKey("rollout", Controller)
+NOISE = web.AppKey("noise", dict[str, NoiseLearner])
 TOKEN = web.AppKey("token", str)
 COMMANDS = {c.value: c for c in Command if c is not Command.SET}
 
@@ -179,11 +181,31 @@ async def share_view(request: web.Request) -> web.Response:
     return await _run(request, Command.SET, percent)
 
 
+async def noise_view(request: web.Request) -> web.Response:
+    """What each route learned as noise; ``?format=yaml`` gives the config snippet
+    that freezes it (``routes[].noise.fields``), to paste and review."""
+    learners = request.app[NOISE]
+    route = request.query.get("route")
+    if route is not None and route not in learners:
+        return _json({"error": "unknown_route", "reason": f"no noise learned for {route!r}"}, 404)
+    chosen = {route: learners[route]} if route is not None else learners
+    if request.query.get("format") == "yaml":
+        docs = [learner.freeze_yaml(name) for name, learner in sorted(chosen.items())]
+        text = "---\n".join(docs)  # one YAML document per route
+        return web.Response(text=text, content_type="application/yaml")
+    body = {
+        name: {"pairs": learner.pairs, "overflow": learner.overflow, "fields": learner.snapshot()}
+        for name, learner in sorted(chosen.items())
+    }
+    return _json({"routes": body})
+
+
 def create_admin_app(
     metrics: Metrics,
     health: Health,
     controller: Controller | None = None,
     token: str | None = None,
+    learners: dict[str, NoiseLearner] | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
     app[METRICS] = metrics
@@ -192,6 +214,8 @@ def create_admin_app(
     app.router.add_get("/metrics", metrics_view)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app[NOISE] = learners if learners is not None else {}
+    app.router.add_get("/noise", noise_view)
     if controller is not None:
         app[ROLLOUT] = controller
         app.router.add_get("/rollout", rollout_view)

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any, TextIO
 
@@ -22,7 +23,9 @@ class AdminError(Exception):
     """The admin API could not be reached or refused the call."""
 
 
-def call(url: str, method: str, path: str, token: str | None, body: Any = None) -> Any:
+def call(
+    url: str, method: str, path: str, token: str | None, body: Any = None, raw: bool = False
+) -> Any:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url.rstrip("/") + path, data=data, method=method)
     request.add_header("Accept", "application/json")
@@ -33,7 +36,7 @@ def call(url: str, method: str, path: str, token: str | None, body: Any = None) 
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             payload = response.read()
-        return json.loads(payload or b"null")
+        return payload.decode() if raw else json.loads(payload or b"null")
     except ValueError:  # answered, but not with JSON: not the admin API
         raise AdminError(f"{url} did not answer like the shadow-proxy admin API") from None
     except urllib.error.HTTPError as exc:
@@ -91,6 +94,39 @@ def run(command: str, route: str | None, percent: float | None, url: str, token:
             result = call(url, "POST", f"/rollout/{route}/{command}", token)
         decision = result["decision"]
         print(f"{route}: {decision['action']}: {decision['reason']}")
+    except AdminError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (KeyError, TypeError, AttributeError):
+        print(f"error: {url} did not answer like the shadow-proxy admin API", file=sys.stderr)
+        return 1
+    return 0
+
+
+def render_noise(data: dict[str, Any], out: TextIO = sys.stdout) -> None:
+    routes = data.get("routes", {})
+    if not routes:
+        print("no route learns noise (routes[].noise.enabled) or has noise fields", file=out)
+        return
+    for name, route in routes.items():
+        print(f"{name}: {route['pairs']} pair(s) compared", file=out)
+        for row in route["fields"]:
+            rate = "frozen" if row["frozen"] else f"{row['rate']:.1%} of pairs"
+            state = "noise" if row["noise"] else "counted"
+            print(f"  {row['path']:<40} {state:<8} {rate}", file=out)
+
+
+def noise(url: str, route: str | None, as_yaml: bool) -> int:
+    """Exit status: 0 shown, 1 unreachable or refused."""
+    query = urllib.parse.urlencode(
+        {k: v for k, v in (("route", route), ("format", "yaml" if as_yaml else None)) if v}
+    )
+    path = "/noise" + (f"?{query}" if query else "")
+    try:
+        if as_yaml:
+            print(call(url, "GET", path, None, raw=True), end="")
+        else:
+            render_noise(call(url, "GET", path, None))
     except AdminError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -22,6 +22,7 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
+from proxy.agentmetrics import genai_attributes
 from proxy.capture import BodyCapture
 from proxy.downstream import ClientGoneError, Downstream, cut_off
 from proxy.errors import UpstreamError
@@ -34,8 +35,11 @@ from proxy.retry import Retry, classify, next_delay, retry_after
 from proxy.routes import CompiledRoute
 from proxy.routing import RouteRuntime
 from proxy.tasks import TaskSet
+from proxy.tracecontext import TraceContext
+from proxy.tracing import Span, Tracing
 from proxy.types import AGENT, LEGACY, Failure, Mode, Observation, ShadowOutcome
 from proxy.upstream import Upstream
+from proxy.usage import Usage, UsageReader
 
 log = structlog.get_logger("proxy.agent")
 
@@ -80,8 +84,10 @@ class AgentPath:
         send_timeout: float,
         max_parallel: int,
         rng: random.Random | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.agent = agent
+        self._tracing = tracing or Tracing()
         self.legacy = legacy
         self.send_timeout = send_timeout
         self._evidence = evidence
@@ -97,6 +103,7 @@ class AgentPath:
         route: CompiledRoute,
         rt: RouteRuntime,
         headers: CIMultiDict[str],
+        trace: TraceContext,
         body: bytes,
         forward_legacy: LegacyForward,
         forced: bool,
@@ -110,13 +117,13 @@ class AgentPath:
         headers.setdefault(REQUEST_ID, f"{random.getrandbits(64):016x}")
         if not rt.streamed:  # the answer is read and checked here: it must be readable
             headers["Accept-Encoding"] = "identity"
-        legacy_call = self._alongside(route, rt, request, headers, body) if safe else None
+        legacy_call = self._alongside(route, rt, request, headers, trace, body) if safe else None
         try:
             if rt.streamed:
                 return await self._streamed(
-                    request, route, rt, headers, body, legacy_call, forward_legacy, safe
+                    request, route, rt, headers, trace, body, legacy_call, forward_legacy, safe
                 )
-            answer = await self._call_agent(route, rt, request, headers, body, safe)
+            answer = await self._call_agent(route, rt, request, headers, trace, body, safe)
         except asyncio.CancelledError:  # the client left while the agent was working
             rt.agent_cancelled(time.monotonic())
             if legacy_call is not None:
@@ -134,7 +141,7 @@ class AgentPath:
             verdict = None
         if verdict is None or not rt.fallback_enabled or rt.autonomous:
             rt.served(False, now, self._metrics)
-            self._later(route, rt, request, headers, legacy_call, answer, AGENT)
+            self._later(route, rt, request, headers, trace, body, legacy_call, answer, AGENT)
             if answer.failure is not None:
                 self._metrics.request(route.name, AGENT, answer.failure.status)
                 return _agent_failed(answer.failure)
@@ -142,7 +149,7 @@ class AgentPath:
             return _respond(answer, AGENT)
         reason, detail = verdict
         if legacy_call is not None:
-            self._later(route, rt, request, headers, legacy_call, answer, LEGACY)
+            self._later(route, rt, request, headers, trace, body, legacy_call, answer, LEGACY)
         return await self._fall_back(route, rt, reason, detail, body, forward_legacy, legacy_call)
 
     def _alongside(
@@ -151,6 +158,7 @@ class AgentPath:
         rt: RouteRuntime,
         request: web.Request,
         headers: CIMultiDict[str],
+        trace: TraceContext,
         body: bytes,
     ) -> asyncio.Task[Answer] | None:
         """Legacy's answer to the same request, for evidence and instant fallback.
@@ -162,7 +170,7 @@ class AgentPath:
             return None
         self._parallel += 1
         task = self._tasks.spawn(
-            self._buffered(self.legacy, route, request, headers, body, route.capture_limit),
+            self._buffered(self.legacy, route, request, headers, trace, body, route.capture_limit),
             name=f"alongside:{route.name}",
         )
         task.add_done_callback(self._alongside_done)
@@ -212,17 +220,20 @@ class AgentPath:
         rt: RouteRuntime,
         request: web.Request,
         headers: CIMultiDict[str],
+        trace: TraceContext,
         body: bytes,
         safe: bool,
     ) -> Answer:
-        """The agent's buffered answer, retried on transient failures within the deadline."""
+        """The agent's buffered answer, retried on transient failures within the deadline;
+        each attempt is its own span."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.agent.config.timeout
         attempt = 1
         while True:
             answer = await self._buffered(
-                self.agent, route, request, headers, body, rt.max_buffer, deadline - loop.time()
-            )
+                self.agent, route, request, headers, trace, body, rt.max_buffer,
+                deadline - loop.time(), attempt,
+            )  # fmt: skip
             obs = answer.observation
             kind = answer.error_kind
             verdict = classify(None if kind else obs.status, kind)
@@ -249,13 +260,21 @@ class AgentPath:
         route: CompiledRoute,
         request: web.Request,
         headers: CIMultiDict[str],
+        trace: TraceContext,
         body: bytes,
         limit: int,
         budget: float | None = None,
+        attempt: int = 1,
     ) -> Answer:
-        """One exchange, read whole up to ``limit`` (body None past it); errors are data."""
+        """One exchange, read whole up to ``limit`` (body None past it), in its
+        own span; errors are data. An agent's answer is read for its usage."""
         mode = Mode.LIVE
         timeout = upstream.timeout(budget) if budget is not None else upstream.default_timeout
+        span = self._tracing.span(
+            "live", trace, route=route.name, backend=upstream.name, attempt=attempt
+        )
+        headers = CIMultiDict(headers)  # legacy's call runs alongside: each its own parent id
+        headers.update(span.headers())
         start = perf_counter()
         try:
             async with upstream.request(
@@ -267,13 +286,18 @@ class AgentPath:
                 obs = Observation(
                     upstream.name, response.status, lowered(response.headers), kept, latency
                 )
-                return Answer(obs, CIMultiDict(response.headers))
+                response_headers = CIMultiDict(response.headers)
         except Exception as exc:  # every failure is data here
             # Name the configured timeout, not what was left of it after retries.
             failure = upstream.failure(exc, upstream.default_timeout)
+            span.end(failure.kind)
             self._metrics.upstream_error(route.name, upstream.name, mode, failure.kind)
             obs = Observation(upstream.name, latency=perf_counter() - start, error=failure.reason)
             return Answer(obs, CIMultiDict(), failure)
+        if upstream is self.agent:
+            obs = self._metrics.agent.answer(route.name, mode, route.agent, obs, span)
+        _ended(span, obs.status)
+        return Answer(obs, response_headers)
 
     async def _streamed(
         self,
@@ -281,6 +305,7 @@ class AgentPath:
         route: CompiledRoute,
         rt: RouteRuntime,
         headers: CIMultiDict[str],
+        trace: TraceContext,
         body: bytes,
         legacy_call: asyncio.Task[Answer] | None,
         forward_legacy: LegacyForward,
@@ -292,12 +317,16 @@ class AgentPath:
         policy = rt.fallback
         client = Downstream(self.send_timeout)
         response: web.StreamResponse | None = None
+        span = self._tracing.span("live", trace, route=route.name, backend=AGENT)
+        headers.update(span.headers())
+        reader: UsageReader | None = None
         try:
             async with self.agent.request(
                 request.method, request.raw_path, headers, body or None
             ) as up:
                 status_bad = (up.status >= 500 and policy.on_5xx) or up.status in policy.statuses
                 if status_bad and rt.fallback_enabled and safe:
+                    _ended(span, up.status)
                     rt.agent_result(
                         up.status < 500, None, time.monotonic(), Mode.LIVE, self._metrics
                     )
@@ -313,8 +342,11 @@ class AgentPath:
                 self._metrics.request(route.name, AGENT, up.status)
                 rt.served(False, time.monotonic(), self._metrics)
                 copy = BodyCapture(route.capture_limit)
+                # Usage is read from a copy of each chunk as it passes, past the capture limit too.
+                reader = UsageReader(route.agent, up.headers.get("Content-Type"))
                 async for chunk in up.chunks():
                     copy.feed(chunk)
+                    reader.feed(chunk)
                     await client.send(response.write(chunk))
                 await client.send(response.write_eof())
                 latency = perf_counter() - start - client.waited  # the agent's time, not ours
@@ -322,11 +354,16 @@ class AgentPath:
                 rt.agent_result(
                     up.status < 500, latency, time.monotonic(), Mode.LIVE, self._metrics
                 )
-                obs = Observation(AGENT, up.status, lowered(up.headers), copy.value(), latency)
+                usage = self._usage(route, reader, True, latency, up.status, span)
+                obs = Observation(
+                    AGENT, up.status, lowered(up.headers), copy.value(), latency, usage=usage
+                )
+                _ended(span, up.status)
                 answer = Answer(obs, CIMultiDict(up.headers))
-                self._later(route, rt, request, headers, legacy_call, answer, AGENT)
+                self._later(route, rt, request, headers, trace, body, legacy_call, answer, AGENT)
                 return response
         except ClientGoneError:
+            span.end("client_gone")
             self._metrics.rejected(route.name, "client_gone")
             rt.agent_cancelled(time.monotonic())
             if legacy_call is not None:
@@ -334,6 +371,9 @@ class AgentPath:
             return response or web.Response(status=499)
         except (UpstreamError, TimeoutError, OSError, ValueError) as exc:
             failure = self.agent.failure(exc)
+            if reader is not None:  # a stream cut short: its usage is missing, not zero
+                self._usage(route, reader, False, perf_counter() - start, 0, span)
+            span.end(failure.kind)
             if response is not None and failure.kind == "timeout" and client.waited >= 1.0:
                 # The agent's clock ran while a slow client held us up: not its failure.
                 self._metrics.rejected(route.name, "client_gone")
@@ -358,12 +398,30 @@ class AgentPath:
                 route, rt, reason, failure.reason, body, forward_legacy, legacy_call
             )
 
+    def _usage(
+        self,
+        route: CompiledRoute,
+        reader: UsageReader,
+        complete: bool,
+        seconds: float,
+        status: int,
+        span: Span,
+    ) -> Usage | None:
+        """What a streamed answer said of its usage, counted (a cut stream: missing)."""
+        usage = reader.finish(complete)
+        if usage is not None:
+            self._metrics.agent.usage(route.name, Mode.LIVE, usage, seconds, status)
+            span.set(genai_attributes(usage))
+        return usage
+
     def _later(
         self,
         route: CompiledRoute,
         rt: RouteRuntime,
         request: web.Request,
         headers: CIMultiDict[str],
+        trace: TraceContext,
+        body: bytes,
         legacy_call: asyncio.Task[Answer] | None,
         agent: Answer,
         served_by: str,
@@ -374,21 +432,26 @@ class AgentPath:
         exchange = Exchange(
             route.name,
             headers.get(REQUEST_ID, ""),
-            headers.get("traceparent"),
+            trace.trace_id,
             request.method,
             request.raw_path,
             served_by,
+            headers,
+            body,
         )
 
         async def judge() -> None:
             legacy = (await legacy_call).observation
             if legacy.error is None:
                 rt.window.legacy_call(legacy.latency, time.monotonic())
-            await self._evidence.record(
-                exchange, route.comparators, legacy, agent.observation, rt.window
-            )
+            await self._evidence.record(exchange, route, legacy, agent.observation, rt.window)
 
         self._tasks.spawn(judge(), name=f"evidence:{route.name}")
+
+
+def _ended(span: Span, status: int) -> None:
+    span.set(status=status)
+    span.end(f"status {status}" if status >= 500 else None)
 
 
 def _agent_failed(failure: Failure) -> web.Response:

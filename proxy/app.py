@@ -29,12 +29,15 @@ from proxy.evidence import Evidence
 from proxy.fleet import Fleet
 from proxy.live import LiveHandler
 from proxy.metrics import Metrics
+from proxy.noise import NoiseLearner
+from proxy.recorder import Recorder
 from proxy.reload import ConfigWatcher
 from proxy.routes import RouteTable
 from proxy.routing import Routing
 from proxy.settings import Settings
 from proxy.shadow import Shadow
 from proxy.tasks import TaskSet
+from proxy.tracing import Tracing
 from proxy.types import AGENT, LEGACY
 from proxy.upstream import Upstream
 
@@ -54,8 +57,12 @@ def build_metrics(settings: Settings, *, process: bool = False) -> Metrics:
         "agreement_window": settings.metrics.agreement_window,
     }
     if process:
-        return Metrics.for_process(names, **options)
-    return Metrics(CollectorRegistry(), names, **options)
+        metrics = Metrics.for_process(names, **options)
+    else:
+        metrics = Metrics(CollectorRegistry(), names, **options)
+    m = settings.metrics
+    metrics.agent.allow(m.models, m.tools, m.learn_labels)
+    return metrics
 
 
 def load_routing(settings: Settings) -> Routing:
@@ -87,6 +94,8 @@ RESTART_ONLY = (
     "redis",
     "analysis",
     "prometheus",
+    "recording",
+    "tracing",
 )
 
 
@@ -114,6 +123,7 @@ class Core:
             self.controller.coordination = self.fleet
         self.handler: LiveHandler | None = None
         self.shadow: Shadow | None = None
+        self.learners: dict[str, NoiseLearner] = {}  # noise, by route; the admin API reads them
 
     def apply(self, new: Settings) -> list[str]:
         """Take a reloaded config; return what only a restart would apply."""
@@ -186,13 +196,18 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
     agent = Upstream(AGENT, settings.backends.agent) if settings.backends.agent else None
     await legacy.start()
     shadow = agent_path = None
-    evidence = Evidence(metrics, settings.logging, settings.redaction.redactor())
+    tracing = Tracing(settings.tracing)
+    redactor = settings.redaction.redactor()
+    recorder = None
+    if settings.recording.enabled:
+        recorder = Recorder(settings.recording, redactor, listener=metrics.agent.recorded)
+    evidence = Evidence(metrics, settings.logging, redactor, recorder, core.learners)
     if agent is not None:
         await agent.start()
         live_wait = settings.backends.legacy.timeout + settings.listen.send_timeout
         routes = core.routing.table.routes
         shadow = core.shadow = Shadow(
-            agent, settings.shadow, evidence, metrics, tasks, routes, live_wait
+            agent, settings.shadow, evidence, metrics, tasks, routes, live_wait, tracing, legacy
         )
         agent_path = AgentPath(
             agent,
@@ -202,6 +217,7 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
             tasks,
             settings.listen.send_timeout,
             settings.shadow.max_in_flight,
+            tracing=tracing,
         )
     handler = core.handler = LiveHandler(
         core.routing,
@@ -211,6 +227,7 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         metrics,
         settings.listen.send_timeout,
         settings.routing.force_header,
+        tracing,
     )
     app[HANDLER] = handler
     app[TASKS] = tasks
@@ -245,6 +262,9 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
             log.info("shadow_drained", pending=pending, cancelled=cancelled)
         core.controller.save()
         evidence.close()
+        if recorder is not None:
+            await recorder.aclose(settings.shutdown.shadow_grace)
+        await tracing.close()
         await legacy.close()
         if agent is not None:
             await agent.close()

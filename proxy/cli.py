@@ -1,4 +1,4 @@
-"""The ``shadow-proxy`` command: run, check-config, demo.
+"""The ``shadow-proxy`` command: run, check-config, demo, replay, label.
 
 Settings are loaded here, once, and passed down. Exit status 2 means the
 config (or the command line) is wrong; the message names the field and why.
@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from yarl import URL
 
 from proxy import adminclient, logs
 from proxy.errors import ConfigError
+from proxy.golden import Case, CaseError, read_cases
 from proxy.server import serve
 from proxy.settings import Settings, load_settings
 
@@ -60,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     ):
         cmd = sub.add_parser(name, parents=[admin], help=text)
         cmd.add_argument("route")
+    noise = sub.add_parser("noise", parents=[admin], help="show the noise fields routes learned")
+    noise.add_argument("--route", help="one route only")
+    noise.add_argument(
+        "--yaml", action="store_true", help="print a config snippet freezing them as noise.fields"
+    )
     share = sub.add_parser("set-share", parents=[admin], help="set a route's agent share")
     share.add_argument("route")
     share.add_argument("percent", type=float)
@@ -77,7 +84,53 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--interval", type=float, default=None, help="seconds between summaries")
     demo.add_argument("--port", type=int, default=None, help="proxy port (0: any free port)")
     demo.add_argument("--admin-port", type=int, default=None, help="admin port (0: any)")
+
+    replay = sub.add_parser(
+        "replay",
+        help="replay recorded cases against an agent and score its answers",
+        description="Exit status: 0 when agreement >= threshold, 1 below it,"
+        " 2 for bad input or an agent that answered no case.",
+    )
+    replay.add_argument("files", nargs="+", type=Path, metavar="FILE", help="recorded cases")
+    replay.add_argument("--agent", required=True, type=_http_url, metavar="URL")
+    replay.add_argument("--config", type=Path, metavar="FILE", help="the proxy config")
+    replay.add_argument("--concurrency", type=_bounded(int, 1, 1024), default=8, metavar="N")
+    replay.add_argument("--timeout", type=_bounded(float, 0.001, 3600), default=30.0, metavar="S",
+                        help="seconds per agent call (default 30)")  # fmt: skip
+    replay.add_argument("--threshold", type=_bounded(float, 0, 1), default=0.9,
+                        help="minimum agreement for exit status 0 (default 0.9)")  # fmt: skip
+    replay.add_argument("--json", type=Path, metavar="OUT", help="write the report as JSON")
+    replay.add_argument("--html", type=Path, metavar="OUT", help="write an HTML report")
+    replay.add_argument("--route", metavar="NAME", help="replay only this route's cases")
+
+    label = sub.add_parser("label", help="attach a human verdict to one recorded case")
+    label.add_argument("file", type=Path, metavar="FILE")
+    label.add_argument("id", metavar="ID")
+    label.add_argument("--verdict", required=True, choices=("legacy", "agent", "exclude"))
+    label.add_argument("--note", default="", metavar="TEXT")
+    label.add_argument("--expected-file", type=Path, metavar="F",
+                       help="the approved answer's body (JSON or text)")  # fmt: skip
     return parser
+
+
+def _http_url(text: str) -> str:
+    url = URL(text)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an absolute http:// or https:// URL")
+    return text
+
+
+def _bounded(kind: Callable[[str], float], low: float, high: float) -> Callable[[str], Any]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is not between {low:g} and {high:g}")
+        return value
+
+    return parse
 
 
 def _print_problems(exc: ConfigError) -> None:
@@ -159,6 +212,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_noise(args: argparse.Namespace) -> int:
+    return adminclient.noise(args.admin, args.route, args.yaml)
+
+
 def cmd_admin(args: argparse.Namespace) -> int:
     try:
         token = adminclient.token_from(args.token_file)
@@ -170,11 +227,97 @@ def cmd_admin(args: argparse.Namespace) -> int:
     return adminclient.run(args.command, route, percent, args.admin, token)
 
 
+def _read_cases(paths: Sequence[Path], route: str | None) -> list[Case]:
+    """Every case in every file, or exit 2 naming each bad line."""
+    cases: list[Case] = []
+    problems: list[CaseError] = []
+    for path in paths:
+        try:
+            cases += read_cases(path, problems)
+        except OSError as exc:
+            print(f"error: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+            raise SystemExit(EXIT_CONFIG) from None
+    if problems:
+        print("error: not valid recorded cases:", file=sys.stderr)
+        for problem in problems[:20]:
+            print(f"  - {problem}", file=sys.stderr)
+        if len(problems) > 20:
+            print(f"  ... and {len(problems) - 20} more", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG)
+    return [c for c in cases if route is None or c.route == route]
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from proxy.replay import ReplayOptions, replay, scoring_for
+    from proxy.report import build_report, render_html, render_text, report_json
+
+    settings = _load(args.config) if args.config is not None else None
+    cases = _read_cases(args.files, args.route)
+    if not cases:
+        where = f" of route {args.route!r}" if args.route else ""
+        print(f"error: no cases{where} to replay", file=sys.stderr)
+        return EXIT_CONFIG
+    if settings is not None:
+        known = {r.name for r in settings.routes}
+        for name in sorted({c.route for c in cases} - known):
+            print(f"warning: route {name!r} is not in {args.config}: comparing with status,"
+                  " json", file=sys.stderr)  # fmt: skip
+    options = ReplayOptions(args.agent, args.concurrency, args.timeout)
+    bar = tqdm(total=len(cases), unit="case", file=sys.stderr, disable=not sys.stderr.isatty())
+    try:
+        with bar:
+            scoring = scoring_for(settings)
+            results = asyncio.run(replay(cases, options, scoring, lambda _: bar.update()))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    report = build_report(results, threshold=args.threshold)
+    print(render_text(report), end="")
+    try:
+        if args.json is not None:
+            args.json.write_text(json.dumps(report_json(report), indent=2, default=str) + "\n")
+        if args.html is not None:
+            args.html.write_text(render_html(report), encoding="utf-8")
+    except OSError as exc:
+        print(f"error: cannot write the report: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if report.unreachable:
+        print(f"error: the agent at {args.agent} answered none of the cases; see errors above",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_CONFIG
+    if report.after.agreement is None:
+        print("error: no case could be scored (all excluded or skipped)", file=sys.stderr)
+        return EXIT_CONFIG
+    return 0 if report.passed else 1
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from proxy.label import LabelError, body_from_file, label_case
+
+    try:
+        body = None if args.expected_file is None else body_from_file(args.expected_file)
+        count = label_case(args.file, args.id, args.verdict, note=args.note, expected_body=body)
+    except LabelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: cannot rewrite {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    times = "" if count == 1 else f" ({count} lines)"
+    print(f"{args.id}: {args.verdict}{times}")
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "check-config": cmd_check_config,
     "schema": cmd_schema,
     "demo": cmd_demo,
+    "replay": cmd_replay,
+    "label": cmd_label,
+    "noise": cmd_noise,
     **{
         name: cmd_admin
         for name in ("status", "promote", "rollback", "pause", "resume", "approve", "set-share")

@@ -7,159 +7,145 @@ Shared by the shadow path (legacy served, agent mirrored) and the agent path
 
 from __future__ import annotations
 
-import asyncio
 import time
-import zlib
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import partial
 
 import structlog
 
-from comparators import Comparator, Comparison, Verdict, compare
-from proxy.headers import trace_id
+from comparators import (
+    Comparison,
+    ToolCallsComparator,
+    Verdict,
+)
+from proxy.golden import Case
+from proxy.judgement import Lane, judge
 from proxy.logs import bounded
 from proxy.metrics import Metrics
+from proxy.noise import NoiseLearner
+from proxy.recorder import Recorder
 from proxy.redaction import Redactor
+from proxy.routes import CompiledRoute
 from proxy.settings import LoggingSettings
 from proxy.types import AGENT, Observation
 from proxy.window import EvidenceWindow
 
 log = structlog.get_logger("proxy.evidence")
 
-# Bodies above this are compared on a worker thread so the loop keeps serving
-# (about 0.5 ms of diffing for 16 KiB of JSON). A 1 MB document takes tens of
-# milliseconds to parse and walk, holding the GIL all the while, so large
-# comparisons run one at a time and use at most LARGE_COMPARE_SHARE of the
-# time: after one that took t seconds the lane rests t * (1/share - 1). A
-# large pair arriving while the lane is busy or resting is skipped (and
-# counted), never queued: the live path keeps the rest of the CPU.
-INLINE_COMPARE_BYTES = 16 * 1024
-LARGE_COMPARE_SHARE = 0.25
-BUSY = "large comparisons are at their CPU share (one at a time, 25% of the time)"
-# A compressed body is inflated for comparison up to this size (bombs stop here).
-MAX_INFLATED_BYTES = 16 * 1024 * 1024
-
 
 @dataclass(frozen=True, slots=True)
 class Exchange:
-    """Which request a pair of answers belongs to, for logs."""
+    """Which request a pair of answers belongs to, for logs and recorded cases."""
 
     route: str
     request_id: str
-    traceparent: str | None
+    trace_id: str | None
     method: str
     raw_path: str
     served_by: str  # who answered the client: legacy or agent
-
-
-def decoded(observation: Observation) -> Observation | str:
-    """The body as the comparators need it: gzip and deflate are inflated (bounded);
-    another encoding is a reason to skip, not a false mismatch."""
-    encoding = observation.headers.get("content-encoding", "identity").strip().lower()
-    if encoding in ("", "identity") or not observation.body:
-        return observation
-    wbits = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
-    if encoding not in wbits:
-        return f"{observation.backend} body is {encoding}-encoded"
-    inflater = zlib.decompressobj(wbits[encoding])
-    try:
-        body = inflater.decompress(observation.body, MAX_INFLATED_BYTES)
-    except zlib.error:
-        return f"{observation.backend} body is not valid {encoding}"
-    if inflater.unconsumed_tail:
-        return f"{observation.backend} body inflates past {MAX_INFLATED_BYTES} bytes"
-    if not inflater.eof:  # zlib returns what it has: a cut stream would be compared as if whole
-        return f"{observation.backend} body is not valid {encoding} (truncated)"
-    return replace(observation, body=body)
-
-
-class Lane:
-    """The one worker thread for large comparisons, and its rest.
-
-    Its own thread, not the loop's default pool: every thread that allocates
-    gets its own malloc arena, and a parsed 1 MB document left behind in
-    several of them is memory the process never gets back.
-    """
-
-    __slots__ = ("busy", "executor", "rest_until")
-
-    def __init__(self) -> None:
-        self.busy = False
-        self.rest_until = 0.0
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="compare")
-
-    def free(self, now: float) -> bool:
-        return not self.busy and now >= self.rest_until
-
-    def ran(self, started: float, ended: float) -> None:
-        self.busy = False
-        self.rest_until = ended + (ended - started) * (1 / LARGE_COMPARE_SHARE - 1)
-
-
-async def judge(
-    comparators: Sequence[Comparator],
-    live: Observation,
-    agent: Observation,
-    lane: Lane | None = None,
-) -> Comparison:
-    """Compare two answers; failures and oversize bodies are verdicts, not raises."""
-    if live.error is not None:
-        return Comparison.skipped(f"legacy failed: {live.error}")
-    if agent.error is not None:
-        return Comparison.error(f"agent failed: {agent.error}")
-    if agent.status >= 500 > live.status:  # the agent failed; that is not disagreement
-        return Comparison.error(f"agent answered {agent.status}")
-    if live.body is None:
-        return Comparison.skipped("legacy body exceeds the capture limit")
-    if agent.body is None:
-        return Comparison.skipped("agent body exceeds the capture limit")
-    live_plain = decoded(live)
-    if isinstance(live_plain, str):
-        return Comparison.skipped(live_plain)
-    agent_plain = decoded(agent)
-    if isinstance(agent_plain, str):
-        return Comparison.skipped(agent_plain)
-    legacy_sample, agent_sample = live_plain.sample(), agent_plain.sample()
-    if len(legacy_sample.body) + len(agent_sample.body) <= INLINE_COMPARE_BYTES:
-        return compare(comparators, legacy_sample, agent_sample)
-    loop = asyncio.get_running_loop()
-    if lane is None:
-        return await loop.run_in_executor(None, compare, comparators, legacy_sample, agent_sample)
-    started = loop.time()
-    if not lane.free(started):
-        return Comparison.skipped(BUSY)
-    lane.busy = True
-    try:
-        return await loop.run_in_executor(
-            lane.executor, compare, comparators, legacy_sample, agent_sample
-        )
-    finally:
-        lane.ran(started, loop.time())
+    request_headers: Mapping[str, str] = field(default_factory=dict)
+    request_body: bytes | None = None  # None: not captured
 
 
 class Evidence:
     def __init__(
-        self, metrics: Metrics, logging: LoggingSettings, redactor: Redactor | None = None
+        self,
+        metrics: Metrics,
+        logging: LoggingSettings,
+        redactor: Redactor | None = None,
+        recorder: Recorder | None = None,
+        learners: dict[str, NoiseLearner] | None = None,
     ) -> None:
+        """``learners``: each route's noise learner, shared with the admin API."""
         self._metrics = metrics
         self._redactor = redactor or Redactor()
         self._logging = logging
         self._lane = Lane()
+        self._recorder = recorder
+        self._learners = learners if learners is not None else {}
 
     def close(self) -> None:
         self._lane.executor.shutdown(wait=False, cancel_futures=True)
 
+    def learner(self, route: CompiledRoute) -> NoiseLearner | None:
+        """The route's noise learner; what it learned survives a reload that
+        leaves the route's noise settings as they were."""
+        settings = route.noise
+        if not settings.enabled and not settings.fields:
+            self._learners.pop(route.name, None)
+            return None
+        learner = self._learners.get(route.name)
+        if learner is None or learner.settings != settings:
+            learner = self._learners[route.name] = NoiseLearner(settings)
+            self._metrics.agent.noise(route.name, learner.noisy(), ())
+        return learner
+
     async def record(
         self,
         exchange: Exchange,
-        comparators: Sequence[Comparator],
+        route: CompiledRoute,
         live: Observation,
         agent: Observation,
         window: EvidenceWindow | None,
     ) -> Comparison:
-        result = await judge(comparators, live, agent, self._lane)
-        return self._recorded(exchange, live, agent, result, window)
+        if live.usage is None and any(
+            isinstance(c, ToolCallsComparator) for c in route.comparators
+        ):
+            live = live.with_usage(route.agent)  # legacy's actions, read like the agent's
+        raw = await judge(route.comparators, live, agent, self._lane)
+        learner = self.learner(route)
+        result = raw if learner is None else learner.adjust(raw)
+        if result.verdict is not raw.verdict:
+            self._metrics.agent.discounted(route.name)
+        gated = raw if learner is not None and route.noise.gate == "raw" else result
+        self._recorded(exchange, live, agent, gated, window)
+        recorder = self._recorder
+        if recorder is not None and recorder.wants(result.verdict):
+            usage = agent.usage
+            recorder.offer(
+                partial(
+                    Case.of,
+                    exchange,
+                    exchange.request_headers,
+                    exchange.request_body,
+                    live,
+                    agent,
+                    result,
+                    now=time.time(),
+                    raw_verdict=raw.verdict if learner is not None else None,
+                    usage=usage.as_json() if usage is not None else None,
+                    tool_calls=usage.tool_calls if usage is not None else (),
+                    trace_id=exchange.trace_id,
+                    max_body_size=recorder.settings.max_body_size,
+                )
+            )
+        return result
+
+    async def noise_pair(
+        self, route: CompiledRoute, backend: str, first: Observation, second: Observation
+    ) -> None:
+        """Two answers of one backend to one request: what differs is noise.
+
+        Only answers with one status make a pair: a second call refused (429,
+        401) or failed differs in every field, and counting it would teach the
+        whole real answer as noise."""
+        learner = self.learner(route)
+        if learner is None or first.error is not None or second.error is not None:
+            return
+        if first.status != second.status:
+            return
+        pair = await judge(route.comparators, first, second, self._lane)
+        if pair.verdict not in (Verdict.MATCH, Verdict.MISMATCH):
+            return
+        self._metrics.agent.noise_pair(route.name, backend)
+        learned, unlearned = learner.record(pair.differences)
+        for path in learned:
+            log.info("noise_learned", route=route.name, field=path, backend=backend)
+        for path in unlearned:
+            log.info("noise_unlearned", route=route.name, field=path, backend=backend)
+        if learned or unlearned:
+            self._metrics.agent.noise(route.name, learner.noisy(), learned, unlearned)
 
     def skip(self, exchange: Exchange, reason: str) -> Comparison:
         """A comparison that cannot be made, known before the agent is called."""
@@ -184,7 +170,7 @@ class Evidence:
                 f"comparison_{result.verdict.value}",
                 route=exchange.route,
                 request_id=exchange.request_id,
-                trace_id=trace_id(exchange.traceparent),
+                trace_id=exchange.trace_id,
                 reason=result.reason,
             )
         return result
@@ -209,7 +195,7 @@ class Evidence:
             "mismatch",
             route=exchange.route,
             request_id=exchange.request_id,
-            trace_id=trace_id(exchange.traceparent),
+            trace_id=exchange.trace_id,
             served_by=exchange.served_by,
             method=exchange.method,
             path=bounded(exchange.raw_path, chars, redactor),

@@ -39,6 +39,8 @@ REQUEST_ID = "X-Request-Id"
 # the one the route matched.
 _CLIENT_ONLY = (
     "expect",
+    "traceparent",  # each upstream call gets its own (proxy/tracecontext.py)
+    "tracestate",
     SHADOW_MARKER.lower(),
     "x-forwarded-host",
     "x-original-url",
@@ -136,17 +138,3 @@ def to_shadow(
 def lowered(headers: Mapping[str, str]) -> dict[str, str]:
     """Headers as comparators and fallback checks see them: lower-case names."""
     return {k.lower(): v for k, v in headers.items()}
-
-
-def trace_id(traceparent: str | None) -> str | None:
-    """The trace id of a W3C ``traceparent`` (``00-<32 hex>-<16 hex>-<2 hex>``)."""
-    if not traceparent:
-        return None
-    parts = traceparent.strip().split("-")
-    if len(parts) < 4 or len(parts[1]) != 32 or parts[1] == "0" * 32:
-        return None
-    try:
-        int(parts[1], 16)
-    except ValueError:
-        return None
-    return parts[1].lower()

@@ -11,6 +11,7 @@ from multidict import CIMultiDict
 from proxy.capture import BodyCapture, CaptureBudget
 from proxy.routes import CompiledRoute
 from proxy.routing import RouteRuntime
+from proxy.tracecontext import TraceContext
 from proxy.types import Observation, ShadowOutcome
 
 
@@ -23,12 +24,13 @@ class ShadowJob:
     raw_path: str
     headers: CIMultiDict[str]
     request_id: str
-    traceparent: str | None
+    trace: TraceContext  # the request's trace; the agent call gets its own span id
     body: asyncio.Future[bytes | ShadowOutcome]  # the captured request body, or why not
     live: asyncio.Future[Observation]
     budget: CaptureBudget
     runtime: RouteRuntime | None = None  # the route's breaker and evidence window
     held: int = 0  # bytes taken from the budget, given back when the job ends
+    reserved: float | None = None  # tokens reserved from the route's budget, until settled
     starved: bool = False  # the budget refused a capture
     ended: bool = False  # its task is done: nothing more is held for it
 

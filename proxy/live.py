@@ -33,6 +33,8 @@ from proxy.routes import CompiledRoute, RouteTable
 from proxy.routing import RouteRuntime, Routing
 from proxy.shadow import Shadow
 from proxy.target import refusal, routing_path
+from proxy.tracecontext import TraceContext
+from proxy.tracing import Tracing
 from proxy.types import AGENT, LEGACY, PROXY, Mode, Observation, ShadowOutcome
 from proxy.upstream import Upstream
 
@@ -51,8 +53,10 @@ class LiveHandler:
         metrics: Metrics,
         send_timeout: float,
         force_header: str | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.routing = routing  # swapped whole by a config reload
+        self.tracing = tracing or Tracing()
         self.legacy = legacy
         self.shadow = shadow
         self.agent = agent
@@ -75,22 +79,29 @@ class LiveHandler:
             scheme=request.scheme,
             preserve_host=route.preserve_host,
         )
+        incoming = request.headers
+        trace = self.tracing.incoming(
+            incoming.getall("traceparent", None), incoming.getall("tracestate", None)
+        )
+        # Every log event of this request, and of the shadow work it spawns, names the trace.
+        structlog.contextvars.bind_contextvars(trace_id=trace.trace_id)
         runtime = routing.runtimes.get(route.name)
         forced = self._forced(request)
         if runtime is not None and self._agent_serves(request, runtime, headers, forced):
-            return await self._serve_agent(request, route, runtime, headers, start, forced)
+            return await self._serve_agent(request, route, runtime, headers, trace, start, forced)
         job = None
         if route.shadow and self.shadow is not None:
             job = self.shadow.admit(
-                route, method, raw_path, headers, request.query, length, request.remote, runtime
-            )
+                route, method, raw_path, headers, trace, request.query, length, request.remote,
+                runtime,
+            )  # fmt: skip
         body = None
         if request.body_exists:
             body = _request_body(request.content, route.body_limit, job)
         elif job is not None:
             job.body.set_result(b"")
         try:
-            return await self._forward(request, route, headers, body, job, start)
+            return await self._forward(request, route, headers, trace, body, job, start)
         finally:
             if job is not None:
                 _abandon(job, "the live exchange ended without an answer")
@@ -174,6 +185,7 @@ class LiveHandler:
         route: CompiledRoute,
         runtime: RouteRuntime,
         headers: CIMultiDict[str],
+        trace: TraceContext,
         start: float,
         forced: str | None,
     ) -> web.StreamResponse:
@@ -183,7 +195,9 @@ class LiveHandler:
         async def forward_legacy(
             body: bytes | AsyncIterator[bytes], extra: CIMultiDict[str]
         ) -> web.StreamResponse:
-            return await self._forward(request, route, headers, body, None, start, extra)
+            return await self._forward(
+                request, route, headers, trace, body, None, start, extra, "fallback"
+            )
 
         body = b""
         if request.body_exists:
@@ -200,7 +214,7 @@ class LiveHandler:
                 self.metrics.rejected(route.name, "client_gone")
                 return web.Response(status=499)
         return await self.agent.serve(
-            request, route, runtime, headers, body, forward_legacy, forced == AGENT
+            request, route, runtime, headers, trace, body, forward_legacy, forced == AGENT
         )
 
     async def _forward(
@@ -208,10 +222,34 @@ class LiveHandler:
         request: web.Request,
         route: CompiledRoute,
         headers: CIMultiDict[str],
+        trace: TraceContext,
         body: bytes | AsyncIterator[bytes] | None,
         job: ShadowJob | None,
         start: float,
         extra: CIMultiDict[str] | None = None,
+        span_name: str = "live",
+    ) -> web.StreamResponse:
+        """Legacy answers, in its own span of the request's trace."""
+        span = self.tracing.span(span_name, trace, route=route.name, backend=LEGACY)
+        headers.update(span.headers())
+        try:
+            response = await self._exchange(request, route, headers, body, job, start, extra)
+        except BaseException as exc:
+            span.end(type(exc).__name__)
+            raise
+        span.set(status=response.status)
+        span.end(f"status {response.status}" if response.status >= 500 else None)
+        return response
+
+    async def _exchange(
+        self,
+        request: web.Request,
+        route: CompiledRoute,
+        headers: CIMultiDict[str],
+        body: bytes | AsyncIterator[bytes] | None,
+        job: ShadowJob | None,
+        start: float,
+        extra: CIMultiDict[str] | None,
     ) -> web.StreamResponse:
         name = route.name
         sent = perf_counter()

@@ -9,7 +9,6 @@ lookup, not a label-tuple validation, per observation.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -19,10 +18,10 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from comparators import Comparison, Verdict
-from comparators.paths import generalize
+from proxy.agentmetrics import AgentMetrics
 from proxy.agreement import RollingAgreement
 from proxy.fallback import FallbackReason
-from proxy.redaction import Redactor
+from proxy.redaction import path_label
 from proxy.types import Mode, ShadowOutcome
 
 LATENCY_BUCKETS = (
@@ -148,6 +147,7 @@ class Metrics:
         self._reloads = Counter(
             p + "config_reloads", "Config file reloads by result.", ["result"], registry=r
         )
+        self.agent = AgentMetrics(registry)  # tokens, tools, budgets, noise, recording
         self._paths_cap = mismatch_paths_per_route
         self._paths: dict[str, set[str]] = {}
         self._agreement_size = agreement_window
@@ -285,7 +285,7 @@ class Metrics:
         return self._agreement.get(route)
 
     def _path_label(self, route: str, path: str) -> str:
-        label = _path_label(path)
+        label = path_label(path)
         seen = self._paths.setdefault(route, set())
         if label in seen:
             return label
@@ -293,13 +293,3 @@ class Metrics:
             seen.add(label)
             return label
         return OTHER_PATH
-
-
-_REDACTOR = Redactor()
-
-
-@functools.lru_cache(maxsize=4096)
-def _path_label(path: str) -> str:
-    """A mismatching field's path as a label: indexes generalized, and keys
-    that are data (an e-mail used as a key) masked, since /metrics is open."""
-    return _REDACTOR.text(generalize(path))

@@ -19,9 +19,12 @@ Three rules, each applied wherever a value sits in an event:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
+
+from comparators.paths import generalize
 
 MASK = "[REDACTED]"
 
@@ -184,3 +187,13 @@ def _masked_pair(match: re.Match[str]) -> str:
     value = match.group(2)
     quote = value[0] if value[:1] in ("'", '"') else ""
     return f"{match.group(1)}{quote}{MASK}{quote}"
+
+
+_DEFAULT = Redactor()
+
+
+@functools.lru_cache(maxsize=4096)
+def path_label(path: str) -> str:
+    """A field's path as a metric label: indexes generalized, and keys that
+    are data (an e-mail used as a key) masked, since /metrics is open."""
+    return _DEFAULT.text(generalize(path))

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import comparators
+from proxy.noise import NoiseSettings
 from proxy.sampling import Sampler
 from proxy.settings import UNMATCHED_ROUTE, Route, Settings
+from proxy.usage import AgentSettings
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -45,7 +47,11 @@ class CompiledRoute:
     mirrorable_methods: frozenset[str] | None  # None: every method (side-effect free)
     sampler: Sampler | None
     rate_limit: float | None
-    comparators: tuple[comparators.Comparator, ...]
+    token_budget: int | None  # agent tokens per minute for shadow calls
+    comparators: tuple[comparators.AnyComparator, ...]
+    noise: NoiseSettings = field(default_factory=NoiseSettings)
+    agent: AgentSettings = field(default_factory=AgentSettings)
+    agent_samples: int = 1  # agent answers the comparators want per request (quorum)
 
     def matches(self, method: str, path: str) -> bool:
         return (not self.methods or method in self.methods) and self.matches_path(path)
@@ -56,6 +62,7 @@ class CompiledRoute:
 
 def compile_route(route: Route, settings: Settings) -> CompiledRoute:
     shadow = route.shadow
+    built = tuple(spec.build() for spec in route.compare)
     return CompiledRoute(
         name=route.name,
         matches_path=_path_matcher(route),
@@ -67,7 +74,11 @@ def compile_route(route: Route, settings: Settings) -> CompiledRoute:
         mirrorable_methods=None if route.side_effect_free else SAFE_METHODS,
         sampler=Sampler(route.name, shadow.percent, shadow.sticky_key) if shadow.enabled else None,
         rate_limit=shadow.rate_limit,
-        comparators=tuple(spec.build() for spec in route.compare),
+        token_budget=shadow.token_budget,
+        comparators=built,
+        noise=route.noise,
+        agent=route.agent,
+        agent_samples=max((getattr(c, "agent_samples", 1) for c in built), default=1),
     )
 
 
@@ -84,6 +95,7 @@ def unmatched_route(settings: Settings) -> CompiledRoute:
         mirrorable_methods=frozenset(),
         sampler=None,
         rate_limit=None,
+        token_budget=None,
         comparators=(),
     )
 

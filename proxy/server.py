@@ -83,7 +83,9 @@ class ProxyServer:
         except OSError as exc:
             problem = f"admin.token_file: cannot read: {exc.strerror or exc}"
             raise ConfigError(str(settings.admin.token_file), [problem]) from None
-        admin = create_admin_app(self.metrics, self.health, self.core.controller, token)
+        admin = create_admin_app(
+            self.metrics, self.health, self.core.controller, token, self.core.learners
+        )
         self._admin = web.AppRunner(admin, access_log=None, handle_signals=False)
         self._malformed = MalformedRequests(
             self.metrics, settings.redaction.redactor(), settings.logging.max_value_chars

@@ -35,9 +35,13 @@ from pydantic_settings import (
 import comparators
 from proxy.errors import ConfigError
 from proxy.fleetconfig import PrometheusSettings, RedisSettings
+from proxy.noise import NoiseSettings
 from proxy.policy import BreakerConfig, FallbackConfig, RetryConfig, RolloutConfig
+from proxy.recorder import RecordingSettings
 from proxy.redaction import Redactor
+from proxy.tracing import TracingSettings
 from proxy.units import ByteSize, Duration, HttpUrl, PositiveDuration
+from proxy.usage import AgentSettings
 
 UNMATCHED_ROUTE = "unmatched"
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token (methods, header names)
@@ -111,6 +115,12 @@ class RouteShadow(Model):
     percent: float = Field(100.0, ge=0, le=100, description="share of requests mirrored")
     sticky_key: StickyKey | None = None
     rate_limit: float | None = Field(None, gt=0, description="shadow requests per second")
+    token_budget: int | None = Field(
+        None,
+        ge=1,
+        description="agent tokens per minute the route's shadow calls may use; over it, "
+        "shadowing pauses (dropped_budget) until the minute's allowance refills",
+    )
 
 
 class PathMatch(Model):
@@ -162,7 +172,7 @@ class ComparatorSpec(BaseModel):
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
-    def build(self) -> comparators.Comparator:
+    def build(self) -> comparators.AnyComparator:
         return comparators.build(self.name, self.options)
 
     @classmethod
@@ -199,6 +209,14 @@ class Route(Model):
     compare: tuple[ComparatorSpec, ...] = (
         ComparatorSpec(name="status"),
         ComparatorSpec(name="json"),
+    )
+    noise: NoiseSettings = Field(
+        NoiseSettings(), description="learn which fields differ between two calls of one backend"
+    )
+    agent: AgentSettings = Field(
+        AgentSettings(),
+        description="how to read the agent's answers for tokens and tool calls "
+        "(OpenAI, Anthropic, or JSON paths for an in-house API)",
     )
 
     @field_validator("name")
@@ -262,6 +280,15 @@ class MetricsSettings(Model):
     mismatch_paths_per_route: int = Field(50, ge=1, description="distinct path labels per route")
     agreement_window: int = Field(  # bounded: a deque of this length per route (2**63 crashed)
         200, ge=1, le=1_000_000, description="comparisons in the rolling agreement"
+    )
+    models: tuple[str, ...] = Field(
+        (), description="model names kept as label values; others: the first few seen, then other"
+    )
+    tools: tuple[str, ...] = Field(
+        (), description="tool names kept as label values; others: the first few seen, then other"
+    )
+    learn_labels: int = Field(
+        10, ge=0, le=100, description="model and tool names learned from answers beyond the lists"
     )
 
 
@@ -344,6 +371,12 @@ class Settings(BaseSettings):
         "local", description="where the gates' evidence comes from: this process, or PromQL"
     )
     prometheus: PrometheusSettings = PrometheusSettings()
+    recording: RecordingSettings = Field(
+        RecordingSettings(), description="golden-suite cases written to JSONL, redacted"
+    )
+    tracing: TracingSettings = Field(
+        TracingSettings(), description="OpenTelemetry span export over OTLP (off by default)"
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -15,6 +15,7 @@ import math
 import random
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from time import perf_counter
 from typing import TypeVar
 
@@ -22,6 +23,7 @@ import structlog
 from asyncio_throttle.throttler import Throttler
 from multidict import CIMultiDict
 
+from proxy.budget import TokenBudget
 from proxy.capture import CaptureBudget
 from proxy.evidence import Evidence, Exchange
 from proxy.headers import REQUEST_ID, lowered, to_shadow
@@ -31,8 +33,11 @@ from proxy.routes import CompiledRoute
 from proxy.routing import RouteRuntime
 from proxy.settings import ShadowSettings
 from proxy.tasks import TaskSet
+from proxy.tracecontext import TraceContext
+from proxy.tracing import Tracing
 from proxy.types import AGENT, LEGACY, Mode, Observation, ShadowOutcome
 from proxy.upstream import Upstream
+from proxy.usage import Usage
 
 T = TypeVar("T")
 
@@ -72,10 +77,14 @@ class Shadow:
         tasks: TaskSet,
         routes: Sequence[CompiledRoute],
         live_wait: float,
+        tracing: Tracing | None = None,
+        legacy: Upstream | None = None,
     ) -> None:
         """``live_wait`` bounds how long a job waits for the live side (its
         request body and its answer), so a stalled client cannot hold a slot."""
         self.agent = agent
+        self._tracing = tracing or Tracing()
+        self._legacy = legacy  # asked twice for noise learning only
         self._live_wait = live_wait
         self.settings = settings
         self.capture_limit = settings.capture_limit
@@ -84,6 +93,9 @@ class Shadow:
         self._tasks = tasks
         self._timeout = agent.timeout(settings.timeout)
         self._gates = {r.name: RateGate(r.rate_limit) for r in routes if r.rate_limit}
+        self._budgets: dict[str, TokenBudget] = {}
+        self._spent: set[str] = set()  # routes whose budget ran out (logged once per episode)
+        self._budget_routes(routes)
         self.in_flight = 0
         self.budget = CaptureBudget(settings.capture_memory)
 
@@ -102,6 +114,50 @@ class Shadow:
                     old if old and old.per_second == r.rate_limit else RateGate(r.rate_limit)
                 )
         self._gates = gates
+        self._budget_routes(routes)
+
+    def _budget_routes(self, routes: Sequence[CompiledRoute]) -> None:
+        """Each route's token budget; one whose allowance did not change keeps its level."""
+        now = time.monotonic()
+        budgets = {}
+        for r in routes:
+            if r.token_budget:
+                old = self._budgets.get(r.name)
+                keep = old is not None and old.per_minute == r.token_budget
+                budgets[r.name] = old if keep and old else TokenBudget(r.token_budget, now)
+        self._budgets = budgets
+
+    def _reserve(self, name: str) -> float | None:
+        """Reserve a shadow call's expected tokens; None when the budget is spent."""
+        budget = self._budgets.get(name)
+        if budget is None:
+            return 0.0
+        reserved = budget.admit(time.monotonic())
+        if reserved is None:
+            if name not in self._spent:
+                self._spent.add(name)
+                log.warning("shadow_budget_exhausted", route=name, per_minute=budget.per_minute)
+        elif name in self._spent:
+            self._spent.discard(name)
+            log.info("shadow_budget_restored", route=name)
+        return reserved
+
+    def _charge(self, job: ShadowJob, tokens: int | None) -> None:
+        """One agent call's real cost, against the job's reservation (the first
+        call's) or on top of it (the extra samples a quorum or noise asks for)."""
+        budget = self._budgets.get(job.route.name)
+        reserved, job.reserved = job.reserved or 0.0, None
+        if budget is not None:
+            now = time.monotonic()
+            budget.settle(reserved, tokens, now)
+            self._metrics.agent.budget(job.route.name, budget.remaining(now))
+
+    def _refund(self, job: ShadowJob) -> None:
+        """The job ended without calling the agent: its reservation goes back."""
+        budget = self._budgets.get(job.route.name)
+        if budget is not None and job.reserved:
+            budget.refund(job.reserved)
+        job.reserved = None
 
     def admit(
         self,
@@ -109,6 +165,7 @@ class Shadow:
         method: str,
         raw_path: str,
         upstream_headers: CIMultiDict[str],
+        trace: TraceContext,
         query: Mapping[str, str],
         content_length: int | None,
         client_ip: str | None = None,
@@ -130,6 +187,8 @@ class Shadow:
             outcome = ShadowOutcome.DROPPED_INFLIGHT
         elif (gate := self._gates.get(name)) is not None and not gate.admit():
             outcome = ShadowOutcome.DROPPED_RATE
+        elif (reserved := self._reserve(name)) is None:
+            outcome = ShadowOutcome.DROPPED_BUDGET
         if outcome is not None:
             self._metrics.shadow(name, outcome)
             return None
@@ -146,11 +205,12 @@ class Shadow:
                 upstream_headers, add=self.settings.add_headers, drop=self.settings.drop_headers
             ),
             request_id=request_id,
-            traceparent=upstream_headers.get("traceparent"),
+            trace=trace,
             body=loop.create_future(),
             live=loop.create_future(),
             budget=self.budget,
             runtime=runtime,
+            reserved=reserved,
         )
         self.in_flight += 1
         self._metrics.shadow_in_flight.set(self.in_flight)
@@ -166,6 +226,7 @@ class Shadow:
         job.ended = True
         job.budget.give(job.held)
         job.held = 0
+        self._refund(job)
         if task.cancelled():
             self._metrics.shadow(job.route.name, ShadowOutcome.CANCELLED)
 
@@ -185,8 +246,9 @@ class Shadow:
         if live is None:
             live = Observation(LEGACY, error=f"still running after {self._live_wait:g}s")
         exchange = Exchange(
-            name, job.request_id, job.traceparent, job.method, job.raw_path, served_by=LEGACY
-        )
+            name, job.request_id, job.trace.trace_id, job.method, job.raw_path, LEGACY,
+            job.headers, body,
+        )  # fmt: skip
         if _over_capture(live):  # nothing to compare the agent's answer with: don't pay for it
             outcome = job.too_large()
             self._metrics.shadow(name, outcome)
@@ -201,20 +263,84 @@ class Shadow:
             return
         self._metrics.shadow(name, ShadowOutcome.SENT)
         agent = await self._call_agent(job, body)
+        if job.route.agent_samples > 1 and agent.error is None:  # a quorum votes on them
+            more = [
+                self._call_agent(job, body, extra=True) for _ in range(job.route.agent_samples - 1)
+            ]
+            agent = replace(agent, alternatives=tuple(await asyncio.gather(*more)))
         runtime = job.runtime
         if runtime is not None and live.error is None:
             runtime.window.legacy_call(live.latency, time.monotonic())
         window = runtime.window if runtime is not None else None
-        await self._evidence.record(exchange, job.route.comparators, live, agent, window)
+        await self._evidence.record(exchange, job.route, live, agent, window)
         if _over_capture(live) or _over_capture(agent):
             self._metrics.shadow(name, job.too_large())
+        elif job.route.noise.enabled and random.random() * 100 < job.route.noise.percent:
+            await self._noise(job, body, live, agent)
 
-    async def _call_agent(self, job: ShadowJob, body: bytes) -> Observation:
+    async def _noise(
+        self, job: ShadowJob, body: bytes, live: Observation, agent: Observation
+    ) -> None:
+        """A second answer from the same backend, off the client's clock: what
+        differs between the two is noise, not disagreement."""
+        route = job.route
+        backend = route.noise.backend
+        if backend == LEGACY:
+            if self._legacy is None or live.error is not None:
+                return
+            second = await self._call(self._legacy, job, body, "noise", Mode.SHADOW)
+            await self._evidence.noise_pair(route, LEGACY, live, second)
+            return
+        if agent.error is not None:
+            return
+        if agent.alternatives:  # a quorum's samples: no need to ask again
+            second = agent.alternatives[0]
+        else:
+            second = await self._call_agent(job, body, extra=True)
+        await self._evidence.noise_pair(route, AGENT, agent, second)
+
+    async def _call(
+        self, upstream: Upstream, job: ShadowJob, body: bytes, span_name: str, mode: Mode
+    ) -> Observation:
+        """One call made for the comparison alone (a second legacy answer), bounded
+        like the rest of the shadow work; failures are data."""
+        span = self._tracing.span(span_name, job.trace, route=job.route.name, backend=upstream.name)
+        headers = CIMultiDict(job.headers)
+        headers.update(span.headers())
+        start = perf_counter()
+        try:
+            async with upstream.request(
+                job.method, job.raw_path, headers, body or None, timeout=self._timeout
+            ) as response:
+                kept = await response.read_into(job.capture())
+                latency = perf_counter() - start
+                span.set(status=response.status)
+                span.end()
+                self._metrics.upstream(job.route.name, upstream.name, mode, latency)
+                return Observation(
+                    upstream.name, response.status, lowered(response.headers), kept, latency
+                )
+        except asyncio.CancelledError:
+            span.end("cancelled")
+            raise
+        except Exception as exc:  # failures are data
+            failure = upstream.failure(exc, self._timeout)
+            span.end(failure.kind)
+            self._metrics.upstream_error(job.route.name, upstream.name, mode, failure.kind)
+            return Observation(upstream.name, latency=perf_counter() - start, error=failure.reason)
+
+    async def _call_agent(self, job: ShadowJob, body: bytes, extra: bool = False) -> Observation:
+        """The agent's answer, read for its usage and charged to the route's
+        budget. ``extra``: one more sample for a quorum or the noise learner;
+        it costs tokens like any other but is not another shadow request."""
         name = job.route.name
+        span = self._tracing.span("shadow", job.trace, route=name, backend=AGENT, mode="shadow")
+        headers = CIMultiDict(job.headers)
+        headers.update(span.headers())
         start = perf_counter()
         try:
             async with self.agent.request(
-                job.method, job.raw_path, job.headers, body or None, timeout=self._timeout
+                job.method, job.raw_path, headers, body or None, timeout=self._timeout
             ) as response:
                 kept = await response.read_into(job.capture())  # None: comparison skipped
                 latency = perf_counter() - start
@@ -222,26 +348,47 @@ class Shadow:
                     AGENT, response.status, lowered(response.headers), kept, latency
                 )
         except asyncio.CancelledError:
-            if job.runtime is not None:  # a probe must report back, or half-open never ends
+            span.end("cancelled")
+            if job.runtime is not None and not extra:  # a probe must report back
                 job.runtime.agent_cancelled(time.monotonic())
             raise
         except Exception as exc:  # every agent-side failure is data, never an exception
             failure = self.agent.failure(exc, self._timeout)
+            span.end(failure.kind)
             timed_out = failure.kind == "timeout"
             self._metrics.upstream_error(name, AGENT, Mode.SHADOW, failure.kind)
-            self._metrics.shadow(name, ShadowOutcome.TIMEOUT if timed_out else ShadowOutcome.ERROR)
+            if not extra:
+                outcome = ShadowOutcome.TIMEOUT if timed_out else ShadowOutcome.ERROR
+                self._metrics.shadow(name, outcome)
+                self._agent_result(job, False, None)
             log.info("shadow_failed", route=name, request_id=job.request_id, detail=failure.detail)
-            self._agent_result(job, False, None)
+            self._charge(job, None)
             return Observation(AGENT, latency=perf_counter() - start, error=failure.reason)
+        observation = self._metrics.agent.answer(
+            name, Mode.SHADOW, job.route.agent, observation, span
+        )
+        usage = observation.usage
+        self._charge(job, _tokens(usage))
+        status = observation.status
+        span.set(status=status)
+        span.end(f"status {status}" if status >= 500 else None)
         self._metrics.upstream(name, AGENT, Mode.SHADOW, latency)
-        self._metrics.shadow(name, ShadowOutcome.COMPLETED)
-        ok = observation.status < 500
-        self._agent_result(job, ok, latency if ok else None)
+        if not extra:
+            self._metrics.shadow(name, ShadowOutcome.COMPLETED)
+            ok = status < 500
+            self._agent_result(job, ok, latency if ok else None)
         return observation
 
     def _agent_result(self, job: ShadowJob, ok: bool, latency: float | None) -> None:
         if job.runtime is not None:  # the breaker and the gates count it
             job.runtime.agent_result(ok, latency, time.monotonic(), Mode.SHADOW, self._metrics)
+
+
+def _tokens(usage: Usage | None) -> int | None:
+    """What an answer cost in tokens, as far as it said."""
+    if usage is None or not usage.reported:
+        return None
+    return (usage.input_tokens or 0) + (usage.output_tokens or 0)
 
 
 async def _within(future: asyncio.Future[T], deadline: float) -> T | None:

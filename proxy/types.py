@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from comparators import Sample
+from proxy.usage import AgentSettings, Usage, read_usage
 
 LEGACY = "legacy"
 AGENT = "agent"
@@ -28,6 +29,7 @@ class ShadowOutcome(StrEnum):
     DROPPED_INFLIGHT = "dropped_inflight"
     DROPPED_RATE = "dropped_rate"
     DROPPED_MEMORY = "dropped_memory"  # shadow.max_capture_memory: bodies held at the bound
+    DROPPED_BUDGET = "dropped_budget"  # the route's shadow token budget is spent for now
     SKIPPED_UNSAFE = "skipped_unsafe"
     SKIPPED_SIZE = "skipped_size"
     SKIPPED_SAMPLE = "skipped_sample"
@@ -50,7 +52,8 @@ class Observation:
     """One backend's answer to one request, as the comparison sees it.
 
     ``body`` is ``None`` when it was larger than the capture limit;
-    ``error`` is set when there was no answer at all.
+    ``error`` is set when there was no answer at all; ``usage`` is what an
+    agent's answer said of its tokens and tool calls (None: not a known format).
     """
 
     backend: str
@@ -59,6 +62,23 @@ class Observation:
     body: bytes | None = b""
     latency: float = 0.0
     error: str | None = None
+    usage: Usage | None = None
+    alternatives: tuple[Observation, ...] = ()  # more answers to the same request (quorum)
 
     def sample(self) -> Sample:
-        return Sample(self.status, self.headers, self.body or b"")
+        usage = self.usage
+        return Sample(
+            self.status,
+            self.headers,
+            self.body or b"",
+            usage.tool_calls if usage is not None else (),
+            tuple(a.sample() for a in self.alternatives if a.error is None),
+        )
+
+    def with_usage(self, settings: AgentSettings) -> Observation:
+        """This answer with the usage and tool calls its body reports (read in the
+        format ``settings`` name); unchanged when the body is not in a known one."""
+        if self.body is None or self.error is not None:
+            return self
+        usage = read_usage(settings, self.headers.get("content-type"), self.body)
+        return self if usage is None else replace(self, usage=usage)

@@ -107,18 +107,30 @@ def parse_dockerfile(text: str) -> list[Stage]:
     return stages
 
 
-def shell_commands(instruction: Instruction, script: str) -> list[list[str]]:
-    """A RUN script as its ``&&``-joined commands; anything fancier is refused."""
+_VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+
+
+def shell_commands(
+    instruction: Instruction, script: str, args: dict[str, str | None] | None = None
+) -> list[list[str]]:
+    """A RUN script as its ``&&``-joined commands; anything fancier is refused.
+    ``$NAME`` / ``${NAME}`` is replaced where NAME is one of the stage's ``args``
+    (its ARGs so far: unset is empty, as the shell has it); any other ``$`` is refused."""
     lexer = shlex.shlex(script, posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
     commands: list[list[str]] = [[]]
+    known = args or {}
     for word in lexer:
+        names = [a or b for a, b in _VARIABLE.findall(word)]
         if word == "&&":
             commands.append([])
-        elif set(word) <= set("();<>|&") or "$" in word:
+        elif set(word) <= set("();<>|&") or not set(names) <= set(known):
             pytest.fail(f"Dockerfile:{instruction.line}: {word!r}: keep RUN to plain && chains")
         else:
-            commands[-1].append(word)
+            value = _VARIABLE.sub(lambda m: known[m[1] or m[2]] or "", word)
+            if "$" in value:
+                pytest.fail(f"Dockerfile:{instruction.line}: {word!r}: keep RUN to plain && chains")
+            commands[-1].append(value)
     return [c for c in commands if c]
 
 
@@ -280,6 +292,7 @@ def _run(
     workdir: str,
     env: dict[str, str],
     built: dict[str, Rootfs],
+    args: dict[str, str | None],
 ) -> list[list[str]]:
     flags, script = instruction.flags()
     mounts: list[Path] = []
@@ -293,7 +306,9 @@ def _run(
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(built[options["from"]].host(options.get("source", "/")))
             mounts.append(link)
-        for words in shell_commands(instruction, script):
+        # A RUN sees the stage's ARGs that have a value as environment variables.
+        env = {**{k: v for k, v in args.items() if v is not None}, **env}
+        for words in shell_commands(instruction, script, args):
             program, *args = words
             if program in IDENTITY_COMMANDS:
                 continue
@@ -313,8 +328,9 @@ def _expand_vars(value: str, env: dict[str, str]) -> str:
     return re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m[1], ""), value)
 
 
-def build(stages: list[Stage], top: Path) -> Image:
-    """Replay every stage; return the last one as an image."""
+def build(stages: list[Stage], top: Path, build_args: dict[str, str] | None = None) -> Image:
+    """Replay every stage; return the last one as an image. ``build_args`` are
+    `docker build --build-arg NAME=value`: they override an ARG's default."""
     ignore = DockerIgnore(DOCKERIGNORE.read_text())
     built: dict[str, Rootfs] = {}
     ran: list[list[str]] = []
@@ -327,6 +343,7 @@ def build(stages: list[Stage], top: Path) -> Image:
         fs = Rootfs(top / f"{index}-{stage.name}")
         fs.top.mkdir()
         image = Image(fs, {"PATH": BASE_PATH}, "/", [], [], set(), [])
+        args: dict[str, str | None] = {}  # an ARG is in scope from its line to the stage's end
         for ins in stage.instructions:
             if ins.keyword == "WORKDIR":
                 image.workdir = posixpath.join(image.workdir, ins.args)
@@ -338,8 +355,13 @@ def build(stages: list[Stage], top: Path) -> Image:
                     image.env[name] = _expand_vars(value, image.env)
             elif ins.keyword == "COPY":
                 _copy(ins, fs, image.workdir, ignore)
+            elif ins.keyword == "ARG":
+                name, eq, default = ins.args.partition("=")
+                assert re.fullmatch(r"\w+", name), f"Dockerfile:{ins.line}: ARG NAME[=default]"
+                given = (build_args or {}).get(name)
+                args[name] = given if given is not None else (default if eq else None)
             elif ins.keyword == "RUN":
-                image.ran += _run(ins, fs, image.workdir, image.env, built)
+                image.ran += _run(ins, fs, image.workdir, image.env, built, args)
             elif ins.keyword == "ENTRYPOINT":
                 image.entrypoint = ins.exec_form()
             elif ins.keyword == "CMD":

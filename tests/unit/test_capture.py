@@ -13,6 +13,7 @@ from proxy.capture import BodyCapture, CaptureBudget
 from proxy.job import ShadowJob
 from proxy.routes import unmatched_route
 from proxy.settings import settings_from
+from proxy.tracecontext import TraceContext
 
 
 @pytest.mark.parametrize(
@@ -133,7 +134,7 @@ async def test_a_job_that_has_ended_holds_nothing_more_and_gives_nothing_back_tw
         raw_path="/",
         headers=CIMultiDict(),
         request_id="r",
-        traceparent=None,
+        trace=TraceContext.new(),
         body=loop.create_future(),
         live=loop.create_future(),
         budget=budget,

@@ -10,7 +10,7 @@ import pytest
 from comparators import Verdict, build
 from proxy.call import Timeout
 from proxy.errors import ConnectTimeoutError
-from proxy.evidence import MAX_INFLATED_BYTES, decoded, judge
+from proxy.judgement import MAX_INFLATED_BYTES, decoded, judge
 from proxy.types import Observation
 from proxy.upstream import failure_of
 

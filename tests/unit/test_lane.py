@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from comparators import Verdict, build
-from proxy.evidence import BUSY, INLINE_COMPARE_BYTES, LARGE_COMPARE_SHARE, Lane, judge
+from proxy.judgement import BUSY, INLINE_COMPARE_BYTES, LARGE_COMPARE_SHARE, Lane, judge
 from proxy.types import Observation
 
 JSON = [build("status", {}), build("json", {})]

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from proxy.headers import to_client, to_shadow, to_upstream, trace_id
+from proxy.headers import to_client, to_shadow, to_upstream
 from proxy.routes import RouteTable
 from proxy.sampling import BUCKETS, Sampler, bucket
 from proxy.settings import StickyKey, settings_from
@@ -130,21 +130,6 @@ def test_shadow_headers_are_marked_stripped_and_extended() -> None:
     upstream = CIMultiDict({"Authorization": "x", "Content-Length": "3", "X-A": "1"})
     out = to_shadow(upstream, add={"X-Env": "shadow"}, drop=["authorization"])
     assert dict(out) == {"X-A": "1", "X-Env": "shadow", "X-Shadow-Request": "1"}
-
-
-@pytest.mark.parametrize(
-    ("header", "expected"),
-    [
-        ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-         "4bf92f3577b34da6a3ce929d0e0e4736"),
-        ("00-00000000000000000000000000000000-00f067aa0ba902b7-01", None),
-        ("00-xyz-00f067aa0ba902b7-01", None),
-        ("garbage", None),
-        (None, None),
-    ],
-)  # fmt: skip
-def test_trace_id_comes_from_a_valid_traceparent(header: str | None, expected: str | None) -> None:
-    assert trace_id(header) == expected
 
 
 @pytest.mark.parametrize("percent", [0.5, 1, 5, 25, 50, 99])

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import helm_python as helm
+import pytest
 import yaml
+from kubernetes_validate.utils import latest_version
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "shadow-proxy"
+KUBERNETES = latest_version()
 RELEASE = "orders"
 NAMESPACE = "shop"
 
@@ -80,6 +85,43 @@ def proxy_config(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return cfg
 
 
+def refusal(values: dict[str, Any]) -> str:
+    """The reason the chart gives for not rendering ``values`` (which pass the schema)."""
+    with helm.Chart.load(CHART) as chart:
+        chart.validate_schema(values)
+        with pytest.raises(helm.HelmError) as raised:
+            chart.render(values=values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    return str(raised.value)
+
+
+def proxy_env(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The proxy container's environment: name -> value or valueFrom."""
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    proxy = next(c for c in pod["containers"] if c["name"] == "shadow-proxy")
+    env = proxy.get("env", [])
+    names = [e["name"] for e in env]
+    assert len(names) == len(set(names)), names  # server-side apply rejects a name twice
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in env}
+
+
 def lint(values: dict[str, Any] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = helm.lint(CHART, values or {}, strict=True)
     return report
+
+
+def kubernetes_validate(docs: list[dict[str, Any]], tmp_path: Path) -> None:
+    """`kubernetes-validate --strict` passes every object, and checks each core
+    kind against its schema rather than skipping it for want of one."""
+    paths = []
+    for i, doc in enumerate(docs):
+        path = tmp_path / f"{i:02d}-{doc['kind']}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        paths.append(str(path))
+    result = subprocess.run(
+        [Path(sys.executable).parent / "kubernetes-validate", "--strict", "-k", KUBERNETES, *paths],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    core = [p for p in paths if "monitoring.coreos.com" not in Path(p).read_text()]
+    for path in core:
+        assert f"WARN {path}" not in result.stdout, result.stdout

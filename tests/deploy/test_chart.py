@@ -21,6 +21,7 @@ from chart import (
     RELEASE,
     SIDECAR,
     STANDALONE,
+    kubernetes_validate,
     lint,
     manifests,
     merged,
@@ -28,13 +29,11 @@ from chart import (
     proxy_config,
     rollout_config,
 )
-from kubernetes_validate.utils import latest_version
 
 from proxy.app import RESTART_ONLY
 from proxy.units import parse_duration
 
 BIN = Path(sys.executable).parent
-KUBERNETES = latest_version()
 
 
 MONITORING_ON = {
@@ -67,6 +66,18 @@ MATRIX: dict[str, dict[str, Any]] = {
         config=rollout_config(),
         **MONITORING_ON,
     ),
+    "recording-tracing": merged(
+        STANDALONE,
+        recording={"enabled": True},
+        tracing={
+            "otlpEndpoint": "http://otel:4318",
+            "existingSecret": "otlp",
+            "headers": {"authorization": "auth"},
+        },
+    ),
+    "recording-claim": merged(
+        SIDECAR, replicaCount=1, recording={"enabled": True, "existingClaim": "cases"}
+    ),
     "local-auto-allowed": merged(
         STANDALONE,
         autoscaling={"enabled": True},
@@ -96,25 +107,9 @@ def test_every_rendered_object_passes_kubernetes_strict_validation(
     kubernetes_validate(docs, tmp_path)
 
 
-def kubernetes_validate(docs: list[dict[str, Any]], tmp_path: Path) -> None:
-    """`kubernetes-validate --strict` passes every object, and checks each core
-    kind against its schema rather than skipping it for want of one."""
-    paths = []
-    for i, doc in enumerate(docs):
-        path = tmp_path / f"{i:02d}-{doc['kind']}.yaml"
-        path.write_text(yaml.safe_dump(doc))
-        paths.append(str(path))
-    result = subprocess.run(
-        [BIN / "kubernetes-validate", "--strict", "-k", KUBERNETES, *paths],
-        capture_output=True, text=True, check=False, timeout=60,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
-    core = [p for p in paths if "monitoring.coreos.com" not in Path(p).read_text()]
-    for path in core:
-        assert f"WARN {path}" not in result.stdout, result.stdout
-
-
-@pytest.mark.parametrize("case", ["sidecar", "standalone", "embedded", "fleet"])
+@pytest.mark.parametrize(
+    "case", ["sidecar", "standalone", "embedded", "fleet", "recording-tracing"]
+)
 def test_the_rendered_config_passes_check_config(case: str, tmp_path: Path) -> None:
     path = tmp_path / "proxy.yaml"
     path.write_text(yaml.safe_dump(proxy_config(manifests(MATRIX[case]))))
@@ -289,9 +284,9 @@ RESTART_CHANGES: dict[str, Any] = {
 }
 
 
-# The fleet's settings, restart-only too, are written by the chart from `fleet`
-# values: each maps to the values before and after a user's change.
-FLEET_RESTART_CHANGES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+# The settings the chart writes from values of its own (`fleet`, `recording`,
+# `tracing`), restart-only too: each maps to the values before and after a user's change.
+CHART_RESTART_CHANGES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "coordination": (SIDECAR, merged(SIDECAR, fleet=FLEET_REDIS)),
     "redis": (
         merged(SIDECAR, fleet=FLEET_REDIS),
@@ -302,12 +297,16 @@ FLEET_RESTART_CHANGES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         merged(SIDECAR, fleet=FLEET_PROMETHEUS),
         merged(SIDECAR, fleet=merged(FLEET_PROMETHEUS, prometheus={"minWindow": "1m"})),
     ),
+    "recording": (
+        merged(SIDECAR, recording={"enabled": True}),
+        merged(SIDECAR, recording={"enabled": True, "matchPercent": 5}),
+    ),
+    "tracing": (SIDECAR, merged(SIDECAR, tracing={"otlpEndpoint": "http://otel:4318"})),
 }
 
 
 def test_every_restart_only_setting_has_a_change_to_try() -> None:
-    # Written so that it holds whether or not proxy.app lists the fleet's keys yet.
-    assert set(RESTART_CHANGES) == set(RESTART_ONLY) - set(FLEET_RESTART_CHANGES)
+    assert set(RESTART_CHANGES) == set(RESTART_ONLY) - set(CHART_RESTART_CHANGES)
 
 
 def test_set_changes_one_routes_split_by_name() -> None:
@@ -330,10 +329,10 @@ def test_what_hot_reload_cannot_apply_rolls_the_pods(key: str) -> None:
     assert _restart_checksum(changed) != _restart_checksum(SIDECAR)
 
 
-@pytest.mark.parametrize("key", FLEET_RESTART_CHANGES)
-def test_a_fleet_change_rolls_the_pods(key: str) -> None:
-    """coordination, redis, analysis and prometheus are read once, at start."""
-    before, after = FLEET_RESTART_CHANGES[key]
+@pytest.mark.parametrize("key", CHART_RESTART_CHANGES)
+def test_a_change_to_the_charts_own_settings_rolls_the_pods(key: str) -> None:
+    """coordination, redis, analysis, prometheus, recording and tracing are read once, at start."""
+    before, after = CHART_RESTART_CHANGES[key]
     assert proxy_config(manifests(after))[key] != proxy_config(manifests(before)).get(key)
     assert _restart_checksum(after) != _restart_checksum(before)
 

@@ -16,13 +16,13 @@ from chart import (
     NAMESPACE,
     PROMETHEUS_URL,
     REDIS_URL,
-    RELEASE,
     SIDECAR,
     STANDALONE,
     manifests,
     merged,
-    one,
     proxy_config,
+    proxy_env,
+    refusal,
     rollout_config,
 )
 
@@ -31,24 +31,6 @@ from proxy.settings import settings_from
 
 AUTO = rollout_config()  # every route in auto mode (the default mode)
 MANUAL = rollout_config(mode="manual", percent=5)
-
-
-def refusal(values: dict[str, Any]) -> str:
-    """The reason the chart gives for not rendering ``values``."""
-    with helm.Chart.load(CHART) as chart:
-        chart.validate_schema(values)
-        with pytest.raises(helm.HelmError) as raised:
-            chart.render(values=values, name=RELEASE, namespace=NAMESPACE, is_install=True)
-    return str(raised.value)
-
-
-def proxy_env(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
-    proxy = next(c for c in pod["containers"] if c["name"] == "shadow-proxy")
-    env = proxy.get("env", [])
-    names = [e["name"] for e in env]
-    assert len(names) == len(set(names)), names  # server-side apply rejects a name twice
-    return {e["name"]: e.get("value", e.get("valueFrom")) for e in env}
 
 
 def test_many_pods_with_a_local_auto_rollout_are_refused_with_the_way_out() -> None:

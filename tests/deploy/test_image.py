@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from chart import STANDALONE, manifests, one, proxy_config
+from chart import STANDALONE, manifests, merged, one, proxy_config
 from dockerfile import (
     DOCKERFILE,
     DOCKERIGNORE,
@@ -40,6 +40,7 @@ from dockerfile import (
     WRITABLE,
     DockerIgnore,
     Image,
+    Instruction,
     Rootfs,
     build,
     parse_dockerfile,
@@ -202,6 +203,63 @@ def test_the_image_default_config_passes_check_config(image: Image) -> None:
     normalized = yaml.safe_load(result.stdout)
     assert normalized["listen"]["host"] == "0.0.0.0"
     assert {normalized["listen"]["port"], normalized["admin"]["port"]} == image.expose
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "words"),
+    [
+        ('pip wheel ".[${EXTRAS}]"', {"EXTRAS": "otel"}, ["pip", "wheel", ".[otel]"]),
+        ("pip wheel .[$EXTRAS]", {"EXTRAS": "otel,semantic"}, ["pip", "wheel", ".[otel,semantic]"]),
+        ('echo "${UNSET}x"', {"UNSET": None}, ["echo", "x"]),  # an ARG with no value: empty
+    ],
+)
+def test_the_replay_expands_the_stages_build_args(
+    script: str, args: dict[str, str | None], words: list[str]
+) -> None:
+    assert shell_commands(Instruction(1, "RUN", script), script, args) == [words]
+
+
+@pytest.mark.parametrize("script", ['pip wheel ".[${EXTRAS}]"', "echo $HOME", "a | b"])
+def test_the_replay_refuses_what_it_cannot_run_faithfully(script: str) -> None:
+    with pytest.raises(pytest.fail.Exception, match="keep RUN to plain && chains"):
+        shell_commands(Instruction(1, "RUN", script), script, {"OTHER": "x"})
+
+
+@pytest.mark.timeout(120)
+def test_the_default_image_can_export_spans_and_leaves_pytorch_out(
+    image: Image, tmp_path: Path
+) -> None:
+    """EXTRAS defaults to otel: the chart's tracing (and recording) config passes
+    check-config inside the image; the semantic extra's PyTorch is not there."""
+    python = image.which("python")
+    probe = (
+        "import importlib.util, json\n"
+        "names = ('opentelemetry.sdk', 'opentelemetry.exporter.otlp.proto.http', 'torch',\n"
+        "         'sentence_transformers')\n"
+        "print(json.dumps({n: importlib.util.find_spec(n) is not None for n in names}))"
+    )
+    cwd = image.fs.host(image.workdir)
+    found = json.loads(run_host([str(python), "-c", probe], cwd=cwd, env=image.host_env()).stdout)
+    assert found == {
+        "opentelemetry.sdk": True,
+        "opentelemetry.exporter.otlp.proto.http": True,
+        "torch": False,
+        "sentence_transformers": False,
+    }
+    values = merged(
+        STANDALONE,
+        tracing={"otlpEndpoint": "http://otel-collector:4318"},
+        recording={"enabled": True},
+    )
+    config = tmp_path / "proxy.yaml"
+    config.write_text(yaml.safe_dump(proxy_config(manifests(values))))
+    program = image.which(image.entrypoint[0])
+    result = run_host(
+        [str(program), "check-config", str(config)], cwd=cwd, env=image.host_env(), timeout=60
+    )
+    normalized = yaml.safe_load(result.stdout)
+    assert normalized["tracing"]["otlp_endpoint"] == "http://otel-collector:4318"
+    assert normalized["recording"]["directory"] == "/var/lib/shadow-proxy/recordings"
 
 
 @pytest.mark.timeout(120)

@@ -368,6 +368,33 @@ def test_the_dashboard_has_the_expected_panels_and_variables() -> None:
             for e in latency
         ), latency
     assert "shadow_proxy_rollout_percent" in by_title["Agent share per route"]["targets"][0]["expr"]
+    tokens = by_title["Agent tokens per minute by route and mode"]["targets"][0]["expr"]
+    assert tokens.startswith("sum by (route, mode, gen_ai_token_type) (rate(")
+    assert "gen_ai_client_token_usage_sum{" in tokens and tokens.endswith(" * 60")
+
+
+def test_the_agent_row_holds_cost_tools_budget_noise_and_recording() -> None:
+    """Every panel under the Agent row reads one of the agent metrics."""
+    panels = load_dashboard()["panels"]
+    start = next(i for i, p in enumerate(panels) if p["type"] == "row" and p["title"] == "Agent")
+    rows = [i for i, p in enumerate(panels) if p["type"] == "row" and i > start]
+    below = panels[start + 1 : rows[0] if rows else None]
+    agent = {p["title"]: " ".join(t["expr"] for t in p["targets"]) for p in below}
+    wanted = {
+        "Agent tokens per minute by route and mode": "gen_ai_client_token_usage_sum",
+        "Agent tokens per answer (p50 / p95)": "shadow_proxy_agent_tokens_per_request_bucket",
+        "Agent operation duration (p50 / p95)": "gen_ai_client_operation_duration_seconds_bucket",
+        "Agent tool calls by outcome": "shadow_proxy_agent_tool_calls_total",
+        "Agent answers without token usage": "shadow_proxy_agent_usage_missing_total",
+        "Shadow token budget remaining (lowest pod)": "shadow_proxy_shadow_token_budget_remaining",
+        "Shadow requests dropped over the token budget": 'outcome="dropped_budget"',
+        "Noise: pairs compared and mismatches discounted": "shadow_proxy_noise_discounted_total",
+        "Noise fields per route": "shadow_proxy_noise_fields",
+        "Learned noise fields (pods that learned each)": "shadow_proxy_noise_field{",
+        "Recorded cases by outcome": "shadow_proxy_recorded_cases_total",
+    }
+    assert set(agent) == set(wanted)
+    assert [title for title, name in wanted.items() if name not in agent[title]] == []
 
 
 def test_dashboard_panels_do_not_overlap() -> None:
@@ -388,6 +415,7 @@ PER_POD = {
     "shadow_proxy_fleet_connected",
     "shadow_proxy_fleet_leader",
     "shadow_proxy_fleet_errors_total",
+    "shadow_proxy_recorded_cases_total",
 }
 
 
@@ -406,8 +434,10 @@ def test_every_dashboard_query_follows_the_variables() -> None:
 
 # -- against a real proxy -----------------------------------------------------------------------
 
-NAME = re.compile(r"\bshadow_proxy_[A-Za-z0-9_]*")
-SELECTOR = re.compile(r"\b(shadow_proxy_[A-Za-z0-9_]*)\s*\{([^}]*)\}")
+# The proxy's own series, and the OpenTelemetry GenAI client ones it exports
+# (agentmetrics.py; their labels are gen_ai_* too, but never gen_ai_client_*).
+NAME = re.compile(r"\b(?:shadow_proxy|gen_ai_client)_[A-Za-z0-9_]*")
+SELECTOR = re.compile(r"\b((?:shadow_proxy|gen_ai_client)_[A-Za-z0-9_]*)\s*\{([^}]*)\}")
 MATCHER = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"([^"]*)"')
 BY = re.compile(r"\bby\s*\(([^)]*)\)\s*\(")
 LABEL_VALUES = re.compile(r"label_values\((shadow_proxy_\w+)(?:\{[^}]*\})?,\s*(\w+)\)")
@@ -483,6 +513,35 @@ class Exposition:
 TOKEN = "monitoring-test-token"
 LEGACY_BODY = b'{"ok": true, "label": "billing"}'
 AGENT_BODY = b'{"ok": true, "label": "refund"}'
+CHAT_TOKENS = 42 + 17  # what each chat answer below reports
+
+
+def chat_answer(answer_id: str, usage: bool = True) -> bytes:
+    """An OpenAI Chat Completions answer with two tool calls, one with arguments
+    that are not JSON; only its id varies between calls (noise to learn)."""
+    calls = [("lookup_order", '{"order": 7}'), ("refund", '{"amount": ')]
+    doc: dict[str, Any] = {
+        "id": answer_id,
+        "object": "chat.completion",
+        "model": "fake-model-1",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "tool_calls",
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {"id": f"call_{i}", "function": {"name": name, "arguments": arguments}}
+                        for i, (name, arguments) in enumerate(calls)
+                    ],
+                },
+            }
+        ],
+    }
+    if usage:
+        doc["usage"] = {"prompt_tokens": 42, "completion_tokens": 17, "total_tokens": CHAT_TOKENS}
+    return json.dumps(doc).encode()
 
 
 def proxy_config(legacy: Fake, agent: Fake) -> dict[str, Any]:
@@ -504,6 +563,16 @@ def proxy_config(legacy: Fake, agent: Fake) -> dict[str, Any]:
                 "match": {"prefix": "/api/"},
                 "rollout": {"mode": "manual", "percent": 100, "interval": "100ms"},
                 "retries": {"attempts": 2, "backoff": "10ms"},
+                "agent": {"format": "openai_chat"},
+            },
+            {
+                # Each mirrored request costs two agent answers (the second one
+                # learns noise): the budget lets three through, then drops.
+                "name": "chat",
+                "match": {"prefix": "/chat/"},
+                "shadow": {"enabled": True, "token_budget": 5 * CHAT_TOKENS},
+                "agent": {"format": "openai_chat"},
+                "noise": {"enabled": True, "percent": 100, "backend": "agent", "min_pairs": 1},
             },
         ],
     }
@@ -577,6 +646,20 @@ async def exposition(aiohttp_client: Any, legacy: Fake, agent: Fake, tmp_path: P
             "shadow_proxy_rollout_gate_value" in series and "shadow_proxy_circuit_state" in series
         )
 
+    # The agent's cost: mirrored chat answers with usage and tool calls, each
+    # agent answer with its own id (noise, learned from the second calls and then
+    # discounted), until the route's token budget drops the rest.
+    legacy.body = chat_answer("legacy")
+    agent.script = [Reply(body=chat_answer(f"agent-{i}")) for i in range(12)]
+    for _ in range(5):
+        assert await get("/chat/x") == 200
+        await settle()
+    agent.script = []
+    # A live agent answer that reports no usage.
+    agent.body = chat_answer("agent-live", usage=False)
+    assert await get("/api/x") == 200
+    await settle()
+
     await eventually(published, "the controller publishes gates and breaker state")
     async with admin.post(
         "/rollout/api/rollback", headers={"Authorization": f"Bearer {TOKEN}"}
@@ -606,7 +689,7 @@ async def test_every_series_the_alerts_and_dashboard_query_is_exported(
     # And the other way round: every family the proxy exports is on the dashboard
     # or in an alert. (`*_created` series are off in production: Metrics.for_process.)
     used = {exposition.family[n] for expr in queries.values() for n in NAME.findall(expr)}
-    exported = {f for f in exposition.families if f.startswith("shadow_proxy_")}
+    exported = {f for f in exposition.families if NAME.match(f)}
     assert used == {f for f in exported if not f.endswith("_created")}
 
 

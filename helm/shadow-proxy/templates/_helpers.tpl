@@ -75,6 +75,7 @@ over it (listeners, backend URLs, token file, state file).
 {{- $_ := unset $owned.admin "token_file" }}
 {{- end }}
 {{- $_ := mustMergeOverwrite $owned (include "shadow-proxy.fleetConfig" . | fromYaml) }}
+{{- $_ := mustMergeOverwrite $owned (include "shadow-proxy.agentConfig" . | fromYaml) }}
 {{- $cfg := mustMergeOverwrite (deepCopy (.Values.config | default dict)) $owned }}
 {{- /* routeOverrides: per-route changes by name, so `--set` can change one
        route's split (Helm replaces lists whole, so routes[0] cannot be set alone). */}}
@@ -102,7 +103,7 @@ The fleet part of the config (coordination, redis, analysis, prometheus), from
 .Values.fleet. The chart owns these keys: it wires the Redis password's Secret
 and the Pod's name to them, so a copy under `config` would be a second, silent
 source of truth, and is refused. The password and the replica name come from
-the environment (see shadow-proxy.fleetEnv), never the ConfigMap.
+the environment (see shadow-proxy.env), never the ConfigMap.
 */}}
 {{- define "shadow-proxy.fleetConfig" -}}
 {{- $fleet := .Values.fleet }}
@@ -140,12 +141,97 @@ the environment (see shadow-proxy.fleetEnv), never the ConfigMap.
 {{- end }}
 
 {{/*
+Bytes in a size written either way the chart meets: a Kubernetes quantity
+(16Mi, 1Gi, 500M) or the proxy's units (10MiB, 1GB, 512KiB), or a plain number.
+*/}}
+{{- define "shadow-proxy.sizeText" -}}
+{{- if kindIs "string" . }}{{ trim . }}{{ else }}{{ printf "%.0f" (float64 .) }}{{ end }}
+{{- end }}
+
+{{- define "shadow-proxy.bytes" -}}
+{{- $text := include "shadow-proxy.sizeText" . }}
+{{- $pattern := "^([0-9]+(?:\\.[0-9]+)?)\\s*([A-Za-z]*)$" }}
+{{- if not (regexMatch $pattern $text) }}
+{{- fail (printf "%q is not a size" $text) }}
+{{- end }}
+{{- $number := regexReplaceAll $pattern $text "${1}" | float64 }}
+{{- $unit := regexReplaceAll $pattern $text "${2}" }}
+{{- $k := 1000.0 }}
+{{- $ki := 1024.0 }}
+{{- $scale := dict "" 1.0 "B" 1.0
+  "k" $k "KB" $k "M" (mulf $k $k) "MB" (mulf $k $k) "G" (mulf $k $k $k) "GB" (mulf $k $k $k)
+  "Ki" $ki "KiB" $ki "Mi" (mulf $ki $ki) "MiB" (mulf $ki $ki) "Gi" (mulf $ki $ki $ki) "GiB" (mulf $ki $ki $ki)
+  "Ti" (mulf $ki $ki $ki $ki) "T" (mulf $k $k $k $k) }}
+{{- if not (hasKey $scale $unit) }}
+{{- fail (printf "%q: unknown size unit %q" $text $unit) }}
+{{- end }}
+{{- printf "%.0f" (mulf $number (get $scale $unit)) }}
+{{- end }}
+
+{{/*
+The recording and tracing parts of the config, from .Values.recording and
+.Values.tracing. The chart owns these keys: recording needs the volume the
+chart mounts (the root filesystem is read-only), and the tracing headers come
+from a Secret through the environment (see shadow-proxy.env), never the
+ConfigMap; so a copy under `config` is refused, as for the fleet's keys.
+*/}}
+{{- define "shadow-proxy.agentConfig" -}}
+{{- range list "recording" "tracing" }}
+{{- if hasKey ($.Values.config | default dict) . }}
+{{- fail (printf "config.%s is set by the chart from %s: set %s.* instead (see values.yaml)" . . .) }}
+{{- end }}
+{{- end }}
+{{- $out := dict }}
+{{- $r := .Values.recording }}
+{{- if $r.enabled }}
+{{- $file := include "shadow-proxy.bytes" $r.maxFileSize | float64 }}
+{{- $total := include "shadow-proxy.bytes" $r.maxTotalSize | float64 }}
+{{- $fileText := include "shadow-proxy.sizeText" $r.maxFileSize }}
+{{- $totalText := include "shadow-proxy.sizeText" $r.maxTotalSize }}
+{{- if lt $total $file }}
+{{- fail (printf "recording.maxTotalSize (%s) must be at least recording.maxFileSize (%s): the directory holds at least one whole file" $totalText $fileText) }}
+{{- end }}
+{{- if not $r.existingClaim }}
+{{- $limit := include "shadow-proxy.bytes" $r.sizeLimit | float64 }}
+{{- if gt $total (mulf $limit 0.9) }}
+{{- fail (printf "recording.maxTotalSize (%s) must be at most 90%% of recording.sizeLimit (%s): the kubelet evicts a pod whose emptyDir passes its sizeLimit, and it counts disk blocks, not file bytes. Lower recording.maxTotalSize, raise recording.sizeLimit, or use recording.existingClaim." $totalText $r.sizeLimit) }}
+{{- end }}
+{{- end }}
+{{- $_ := set $out "recording" (dict
+  "enabled" true
+  "directory" "/var/lib/shadow-proxy/recordings"
+  "match_percent" $r.matchPercent
+  "record_errors" $r.recordErrors
+  "max_file_size" $r.maxFileSize
+  "max_total_size" $r.maxTotalSize
+  "max_body_size" $r.maxBodySize
+  "queue_size" $r.queueSize) }}
+{{- end }}
+{{- $t := .Values.tracing }}
+{{- if and $t.headers (not $t.existingSecret) }}
+{{- fail (printf "tracing.headers (%s) name keys of a Secret: set tracing.existingSecret to the Secret's name" (keys $t.headers | sortAlpha | join ", ")) }}
+{{- end }}
+{{- if $t.otlpEndpoint }}
+{{- $_ := set $out "tracing" (dict
+  "otlp_endpoint" $t.otlpEndpoint
+  "service_name" $t.serviceName
+  "sample_ratio" $t.sampleRatio
+  "timeout" $t.timeout
+  "interval" $t.interval
+  "max_queue" $t.maxQueue) }}
+{{- end }}
+{{- toYaml $out }}
+{{- end }}
+
+{{/*
 The proxy container's environment: with Redis coordination, the replica's name
 in the lease is the Pod's name (downward API), and the Redis password comes from
-the Secret; then the user's proxy.env. A name the user sets wins (a name twice
-in one env list is rejected by server-side apply).
+the Secret; with span export, each tracing header from its Secret (the proxy
+reads SHADOW_PROXY_TRACING__HEADERS__<NAME> into tracing.headers); then the
+user's proxy.env. A name the user sets wins (a name twice in one env list is
+rejected by server-side apply).
 */}}
-{{- define "shadow-proxy.fleetEnv" -}}
+{{- define "shadow-proxy.env" -}}
 {{- $user := .Values.proxy.env | default list }}
 {{- $names := list }}
 {{- range $user }}
@@ -159,6 +245,15 @@ in one env list is rejected by server-side apply).
 {{- $r := .Values.fleet.redis }}
 {{- if and $r.existingSecret (not (has "SHADOW_PROXY_REDIS__PASSWORD" $names)) }}
 {{- $env = append $env (dict "name" "SHADOW_PROXY_REDIS__PASSWORD" "valueFrom" (dict "secretKeyRef" (dict "name" $r.existingSecret "key" $r.existingSecretKey))) }}
+{{- end }}
+{{- end }}
+{{- $t := .Values.tracing }}
+{{- if and $t.otlpEndpoint $t.existingSecret }}
+{{- range $header := keys ($t.headers | default dict) | sortAlpha }}
+{{- $name := printf "SHADOW_PROXY_TRACING__HEADERS__%s" (upper $header) }}
+{{- if not (has $name $names) }}
+{{- $env = append $env (dict "name" $name "valueFrom" (dict "secretKeyRef" (dict "name" $t.existingSecret "key" (get $t.headers $header)))) }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- toYaml (dict "env" (concat $env $user)) }}
@@ -206,8 +301,9 @@ new split or route only updates the ConfigMap and is reloaded in place.
 */}}
 {{- define "shadow-proxy.restartChecksum" -}}
 {{- $cfg := include "shadow-proxy.config" . | fromYaml }}
-{{- $keys := list "listen" "admin" "backends" "shutdown" "logging" "redaction" "state_file" "metrics" "reload_interval" "coordination" "redis" "analysis" "prometheus" }}
+{{- $keys := list "listen" "admin" "backends" "shutdown" "logging" "redaction" "state_file" "metrics" "reload_interval" "coordination" "redis" "analysis" "prometheus" "recording" "tracing" }}
 {{- $restart := dict "token" (.Values.adminToken.value | default "") }}
+{{- /* The tracing headers' Secret and keys are in the pod's env: a change there rolls the pods anyway. */}}
 {{- range $keys }}
 {{- $_ := set $restart . (get $cfg .) }}
 {{- end }}
@@ -235,7 +331,7 @@ a dependency, to put the proxy into the parent's own pod:
     - name: admin
       containerPort: {{ .Values.proxy.adminPort }}
       protocol: TCP
-  {{- $env := include "shadow-proxy.fleetEnv" . | fromYaml }}
+  {{- $env := include "shadow-proxy.env" . | fromYaml }}
   {{- with $env.env }}
   env:
     {{- toYaml . | nindent 4 }}
@@ -277,6 +373,10 @@ a dependency, to put the proxy into the parent's own pod:
       mountPath: /var/lib/shadow-proxy
     - name: shadow-proxy-tmp
       mountPath: /tmp
+    {{- if .Values.recording.enabled }}
+    - name: shadow-proxy-recordings
+      mountPath: /var/lib/shadow-proxy/recordings
+    {{- end }}
     {{- if .Values.adminToken.enabled }}
     - name: shadow-proxy-token
       mountPath: /var/run/secrets/shadow-proxy
@@ -299,6 +399,16 @@ a dependency, to put the proxy into the parent's own pod:
 - name: shadow-proxy-tmp
   emptyDir:
     sizeLimit: 64Mi
+{{- if .Values.recording.enabled }}
+- name: shadow-proxy-recordings
+  {{- if .Values.recording.existingClaim }}
+  persistentVolumeClaim:
+    claimName: {{ .Values.recording.existingClaim }}
+  {{- else }}
+  emptyDir:
+    sizeLimit: {{ .Values.recording.sizeLimit }}
+  {{- end }}
+{{- end }}
 {{- if .Values.adminToken.enabled }}
 - name: shadow-proxy-token
   secret:

@@ -242,7 +242,10 @@ class JudgeComparator:
     async def _ask(self, payload: dict[str, Any], headers: dict[str, str]) -> str:
         async with (
             aiohttp.ClientSession() as session,
-            session.post(self.url, data=orjson.dumps(payload), headers=headers) as response,
+            # No redirects: they would re-post both answers (and the key) to another URL.
+            session.post(
+                self.url, data=orjson.dumps(payload), headers=headers, allow_redirects=False
+            ) as response,
         ):
             body = bytearray()
             async for chunk in response.content.iter_any():

@@ -52,6 +52,8 @@ class FakeJudge:
             return web.json_response({"error": {"message": "overloaded"}}, status=500)
         if self.mode == "not-completion":
             return web.json_response({"error": "no"})
+        if self.mode == "redirect":
+            raise web.HTTPTemporaryRedirect(self.url + "/elsewhere")
         if self.mode == "huge":
             response = web.StreamResponse()
             await response.prepare(request)
@@ -211,6 +213,17 @@ async def test_answers_with_nothing_to_judge_cost_no_call(
     result = await comparator(judge)(legacy, agent)
     assert result.verdict is verdict
     assert judge.requests == []
+
+
+async def test_a_redirect_is_an_error_and_the_answers_are_not_posted_again(
+    judge: FakeJudge,
+) -> None:
+    """Following it would send both answers (and the key) to a URL nobody configured."""
+    judge.mode = "redirect"
+    result = await comparator(judge)(LEGACY, AGENT)
+    assert result.verdict is ERROR
+    assert "307" in result.reason
+    assert len(judge.requests) == 1
 
 
 async def test_an_unreachable_judge_is_an_error_result() -> None:

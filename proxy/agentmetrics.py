@@ -19,11 +19,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from comparators import ToolOutcome
+from proxy.agreement import RollingAgreement
 from proxy.recorder import Outcome
 from proxy.redaction import path_label
 from proxy.tracing import Span
 from proxy.types import Mode, Observation
-from proxy.usage import AgentSettings, Usage
+from proxy.usage import AgentSettings, Usage, UsageReader
 
 # The spec's explicit bucket boundaries (gen_ai.client.token.usage, .operation.duration).
 TOKEN_BUCKETS = (
@@ -57,7 +58,7 @@ class AllowList:
 
 
 class AgentMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, agreement_window: int = 200) -> None:
         r = registry
         p = "shadow_proxy_"
         genai = ["route", "mode", "gen_ai_operation_name", "gen_ai_provider_name"]
@@ -100,6 +101,13 @@ class AgentMetrics:
             p + "noise_field", "1 for each field path learned as noise.", ["route", "path"],
             registry=r,
         )  # fmt: skip
+        self._raw_agreement = Gauge(
+            p + "raw_agreement_ratio", "Matches over decided comparisons in the rolling window,"
+            " before noise was discounted (routes that learn or freeze noise).", ["route"],
+            registry=r,
+        )  # fmt: skip
+        self._raw_windows: dict[str, RollingAgreement] = {}
+        self._window = agreement_window
         self._discounted = Counter(
             p + "noise_discounted", "Mismatches that were all noise, counted as matches.",
             ["route"], registry=r,
@@ -136,11 +144,42 @@ class AgentMetrics:
             span.set(genai_attributes(answer.usage))
         return answer
 
-    def usage(self, route: str, mode: Mode, usage: Usage, seconds: float, status: int) -> None:
-        """One agent answer in a known format."""
+    def cut(
+        self,
+        route: str,
+        mode: Mode,
+        settings: AgentSettings,
+        content_type: str | None,
+        body: bytes | None,
+        seconds: float,
+        error: str,
+    ) -> None:
+        """An answer that broke off after its head (``body``: what arrived, None
+        past the capture limit): when what arrived is in a known format, it is
+        counted as a failed operation whose usage is missing, as a cut stream is."""
+        if body is None:
+            return
+        reader = UsageReader(settings, content_type)
+        reader.feed(body)
+        usage = reader.finish(complete=False)
+        if usage is not None:
+            self.usage(route, mode, usage, seconds, 0, error)
+
+    def usage(
+        self,
+        route: str,
+        mode: Mode,
+        usage: Usage,
+        seconds: float,
+        status: int,
+        error: str | None = None,
+    ) -> None:
+        """One agent answer in a known format; ``error``: it failed that way
+        (the spec's ``error.type``), else a 4xx/5xx status names the error."""
         base = (route, mode.value, usage.operation, usage.provider or UNKNOWN)
         model = self.models(usage.model)
-        error = f"{status // 100}xx" if status >= 400 else ""
+        if error is None:
+            error = f"{status // 100}xx" if status >= 400 else ""
         self._child(self._duration, *base, model, error).observe(seconds)
         whole = usage.complete and not usage.truncated
         for call in usage.tool_calls:
@@ -162,6 +201,11 @@ class AgentMetrics:
     def budget(self, route: str, remaining: float) -> None:
         self._child(self._budget, route).set(remaining)
 
+    def forget_budget(self, route: str) -> None:
+        """The route has no budget any more (a reload): a stale level would mislead."""
+        if self._children.pop((id(self._budget), route), None) is not None:
+            self._budget.remove(route)
+
     def noise_pair(self, route: str, backend: str) -> None:
         self._child(self._noise_pairs, route, backend).inc()
 
@@ -181,6 +225,14 @@ class AgentMetrics:
             key = (id(self._noise_field), route, path_label(path))
             if self._children.pop(key, None) is not None:
                 self._noise_field.remove(route, key[2])
+
+    def raw(self, route: str, matched: bool) -> None:
+        """A raw verdict (match or mismatch) on a route where noise is discounted."""
+        window = self._raw_windows.get(route)
+        if window is None:
+            window = self._raw_windows[route] = RollingAgreement(self._window)
+        window.add(matched)
+        self._child(self._raw_agreement, route).set(window.ratio())
 
     def discounted(self, route: str) -> None:
         self._child(self._discounted, route).inc()

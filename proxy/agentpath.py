@@ -276,11 +276,14 @@ class AgentPath:
         headers = CIMultiDict(headers)  # legacy's call runs alongside: each its own parent id
         headers.update(span.headers())
         start = perf_counter()
+        capture = BodyCapture(limit)
+        content_type: str | None = None  # set once a head arrived: the body may break off
         try:
             async with upstream.request(
                 request.method, request.raw_path, headers, body or None, timeout=timeout
             ) as response:
-                kept = await response.read_into(BodyCapture(limit))
+                content_type = response.headers.get("Content-Type", "")
+                kept = await response.read_into(capture)
                 latency = perf_counter() - start
                 self._metrics.upstream(route.name, upstream.name, mode, latency)
                 obs = Observation(
@@ -293,6 +296,11 @@ class AgentPath:
             span.end(failure.kind)
             self._metrics.upstream_error(route.name, upstream.name, mode, failure.kind)
             obs = Observation(upstream.name, latency=perf_counter() - start, error=failure.reason)
+            if upstream is self.agent and content_type is not None:  # cut: usage missing
+                self._metrics.agent.cut(
+                    route.name, mode, route.agent, content_type, capture.value(), obs.latency,
+                    failure.kind,
+                )  # fmt: skip
             return Answer(obs, CIMultiDict(), failure)
         if upstream is self.agent:
             obs = self._metrics.agent.answer(route.name, mode, route.agent, obs, span)
@@ -372,7 +380,8 @@ class AgentPath:
         except (UpstreamError, TimeoutError, OSError, ValueError) as exc:
             failure = self.agent.failure(exc)
             if reader is not None:  # a stream cut short: its usage is missing, not zero
-                self._usage(route, reader, False, perf_counter() - start, 0, span)
+                seconds = perf_counter() - start - client.waited
+                self._usage(route, reader, False, seconds, 0, span, failure.kind)
             span.end(failure.kind)
             if response is not None and failure.kind == "timeout" and client.waited >= 1.0:
                 # The agent's clock ran while a slow client held us up: not its failure.
@@ -406,11 +415,12 @@ class AgentPath:
         seconds: float,
         status: int,
         span: Span,
+        error: str | None = None,
     ) -> Usage | None:
         """What a streamed answer said of its usage, counted (a cut stream: missing)."""
         usage = reader.finish(complete)
         if usage is not None:
-            self._metrics.agent.usage(route.name, Mode.LIVE, usage, seconds, status)
+            self._metrics.agent.usage(route.name, Mode.LIVE, usage, seconds, status, error)
             span.set(genai_attributes(usage))
         return usage
 
@@ -438,6 +448,7 @@ class AgentPath:
             served_by,
             headers,
             body,
+            trace,
         )
 
         async def judge() -> None:

@@ -20,6 +20,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry
 
+from comparators import SemanticComparator
+from comparators.semantic import EMBEDDER
 from proxy import statefile
 from proxy.admin import HEALTH, Health
 from proxy.agentpath import AgentPath
@@ -187,6 +189,16 @@ async def _unroutable(request: web.Request, handler: Handler) -> web.StreamRespo
     return await request.app[HANDLER](request)
 
 
+async def _warm_semantic() -> None:
+    """Load the embedding model in the background: the first comparison would
+    otherwise wait seconds for it."""
+    reason = await EMBEDDER.warm()
+    if reason is None:
+        log.info("semantic_model_ready")
+    else:
+        log.warning("semantic_model_unavailable", reason=reason)
+
+
 async def _runtime(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     metrics = app[METRICS]
@@ -201,7 +213,7 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
     recorder = None
     if settings.recording.enabled:
         recorder = Recorder(settings.recording, redactor, listener=metrics.agent.recorded)
-    evidence = Evidence(metrics, settings.logging, redactor, recorder, core.learners)
+    evidence = Evidence(metrics, settings.logging, redactor, recorder, core.learners, tracing)
     if agent is not None:
         await agent.start()
         live_wait = settings.backends.legacy.timeout + settings.listen.send_timeout
@@ -244,12 +256,18 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
     if core.config_path is not None:
         watcher = ConfigWatcher(core.config_path, settings.reload_interval, core.apply, metrics)
         services.append(loop.create_task(watcher.run(stop), name="config-watcher"))
+    warming = None
+    routes = core.routing.table.routes
+    if any(isinstance(c, SemanticComparator) for r in routes for c in r.comparators):
+        warming = loop.create_task(_warm_semantic(), name="semantic-model")
     app[HEALTH].ready = True
     try:
         yield
     finally:
         app[HEALTH].ready = False
         stop.set()
+        if warming is not None:  # a load still running finishes on its thread, unwaited
+            warming.cancel()
         for failed in await asyncio.gather(*services, return_exceptions=True):
             if isinstance(failed, Exception):  # still drain, release the lease, close
                 log.error("service_failed", error=repr(failed))

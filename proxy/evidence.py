@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import structlog
+from multidict import CIMultiDict
 
 from comparators import (
     Comparison,
@@ -28,6 +29,8 @@ from proxy.recorder import Recorder
 from proxy.redaction import Redactor
 from proxy.routes import CompiledRoute
 from proxy.settings import LoggingSettings
+from proxy.tracecontext import TraceContext
+from proxy.tracing import Tracing
 from proxy.types import AGENT, Observation
 from proxy.window import EvidenceWindow
 
@@ -46,6 +49,7 @@ class Exchange:
     served_by: str  # who answered the client: legacy or agent
     request_headers: Mapping[str, str] = field(default_factory=dict)
     request_body: bytes | None = None  # None: not captured
+    trace: TraceContext | None = None  # the comparison's span joins the request's trace
 
 
 class Evidence:
@@ -56,6 +60,7 @@ class Evidence:
         redactor: Redactor | None = None,
         recorder: Recorder | None = None,
         learners: dict[str, NoiseLearner] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         """``learners``: each route's noise learner, shared with the admin API."""
         self._metrics = metrics
@@ -64,6 +69,7 @@ class Evidence:
         self._lane = Lane()
         self._recorder = recorder
         self._learners = learners if learners is not None else {}
+        self._tracing = tracing or Tracing()
 
     def close(self) -> None:
         self._lane.executor.shutdown(wait=False, cancel_futures=True)
@@ -72,16 +78,39 @@ class Evidence:
         """The route's noise learner; what it learned survives a reload that
         leaves the route's noise settings as they were."""
         settings = route.noise
+        old = self._learners.get(route.name)
+        if old is not None and old.settings == settings:
+            return old
+        # A new learner starts afresh: what the old one learned leaves the metrics.
+        gone = old.noisy() if old is not None else frozenset()
         if not settings.enabled and not settings.fields:
             self._learners.pop(route.name, None)
+            if old is not None:
+                self._metrics.agent.noise(route.name, (), (), gone)
             return None
-        learner = self._learners.get(route.name)
-        if learner is None or learner.settings != settings:
-            learner = self._learners[route.name] = NoiseLearner(settings)
-            self._metrics.agent.noise(route.name, learner.noisy(), ())
+        learner = self._learners[route.name] = NoiseLearner(settings)
+        self._metrics.agent.noise(route.name, learner.noisy(), (), gone)
         return learner
 
     async def record(
+        self,
+        exchange: Exchange,
+        route: CompiledRoute,
+        live: Observation,
+        agent: Observation,
+        window: EvidenceWindow | None,
+    ) -> Comparison:
+        """Compare, discount noise, count, log, feed the window, maybe record: in
+        a ``compare`` span of the request's trace when spans are exported."""
+        if exchange.trace is None or not self._tracing.enabled:
+            return await self._record(exchange, route, live, agent, window)
+        with self._tracing.span("compare", exchange.trace, route=route.name) as span:
+            result = await self._record(exchange, route, live, agent, window)
+            reason = self._redactor.text(result.reason[:500]) if result.reason else None
+            span.set(verdict=result.verdict.value, score=result.score, reason=reason)
+        return result
+
+    async def _record(
         self,
         exchange: Exchange,
         route: CompiledRoute,
@@ -96,6 +125,8 @@ class Evidence:
         raw = await judge(route.comparators, live, agent, self._lane)
         learner = self.learner(route)
         result = raw if learner is None else learner.adjust(raw)
+        if learner is not None and raw.verdict in (Verdict.MATCH, Verdict.MISMATCH):
+            self._metrics.agent.raw(route.name, raw.verdict is Verdict.MATCH)
         if result.verdict is not raw.verdict:
             self._metrics.agent.discounted(route.name)
         gated = raw if learner is not None and route.noise.gate == "raw" else result
@@ -103,11 +134,14 @@ class Evidence:
         recorder = self._recorder
         if recorder is not None and recorder.wants(result.verdict):
             usage = agent.usage
+            # Copied now: the case is built on the writer thread, and the live
+            # path's header multidict may still change (a fallback's traceparent).
+            headers = CIMultiDict(exchange.request_headers)
             recorder.offer(
                 partial(
                     Case.of,
                     exchange,
-                    exchange.request_headers,
+                    headers,
                     exchange.request_body,
                     live,
                     agent,

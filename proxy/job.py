@@ -22,7 +22,8 @@ class ShadowJob:
     route: CompiledRoute
     method: str
     raw_path: str
-    headers: CIMultiDict[str]
+    headers: CIMultiDict[str]  # the agent's copy (shadow marker, add/drop headers)
+    legacy_headers: CIMultiDict[str]  # the request as legacy got it: recorded, and resent for noise
     request_id: str
     trace: TraceContext  # the request's trace; the agent call gets its own span id
     body: asyncio.Future[bytes | ShadowOutcome]  # the captured request body, or why not

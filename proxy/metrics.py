@@ -147,7 +147,7 @@ class Metrics:
         self._reloads = Counter(
             p + "config_reloads", "Config file reloads by result.", ["result"], registry=r
         )
-        self.agent = AgentMetrics(registry)  # tokens, tools, budgets, noise, recording
+        self.agent = AgentMetrics(registry, agreement_window)  # tokens, tools, noise...
         self._paths_cap = mismatch_paths_per_route
         self._paths: dict[str, set[str]] = {}
         self._agreement_size = agreement_window

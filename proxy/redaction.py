@@ -23,6 +23,7 @@ import functools
 import re
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
+from urllib.parse import unquote_plus
 
 from comparators.paths import generalize
 
@@ -146,6 +147,14 @@ class Redactor:
         return any(self.sensitive_key(k) for k in _KEYS.findall(path))
 
     def text(self, value: str) -> str:
+        masked = self._plain_text(value)
+        if "%" in masked or "+" in masked:  # a query string: ?auth=Bearer%20x&who=a%40b.c
+            plain = unquote_plus(masked)
+            if plain != masked and (decoded := self._plain_text(plain)) != plain:
+                return decoded  # the encoding is lost, the secret with it
+        return masked
+
+    def _plain_text(self, value: str) -> str:
         for pattern in self._patterns:  # first, so "Authorization: Bearer x" loses all of it
             value = pattern.sub(MASK, value)
         value = self._header_lines.sub(rf"\1{MASK}", value)

@@ -34,9 +34,12 @@ from proxy.usage import AgentSettings, Usage, read_usage
 
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 # Not sent again: they describe the recorded connection or body (the body is
-# re-serialized, aiohttp sets the length and negotiates its own encodings).
+# re-serialized, aiohttp sets the length and negotiates its own encodings), or
+# the recorded trace: a replay is not part of the production request's trace
+# (the case keeps its trace id to find that one).
 _NOT_REPLAYED = HOP_BY_HOP | {"host", "content-length", "content-encoding", "accept-encoding",
-                              "expect", SHADOW_MARKER.lower()}  # fmt: skip
+                              "expect", "traceparent", "tracestate",
+                              SHADOW_MARKER.lower()}  # fmt: skip
 DEFAULT_COMPARATORS: tuple[AnyComparator, ...] = (build("status", {}), build("json", {}))
 
 

@@ -23,7 +23,6 @@ import structlog
 from asyncio_throttle.throttler import Throttler
 from multidict import CIMultiDict
 
-from proxy.budget import TokenBudget
 from proxy.capture import CaptureBudget
 from proxy.evidence import Evidence, Exchange
 from proxy.headers import REQUEST_ID, lowered, to_shadow
@@ -32,12 +31,12 @@ from proxy.metrics import Metrics
 from proxy.routes import CompiledRoute
 from proxy.routing import RouteRuntime
 from proxy.settings import ShadowSettings
+from proxy.shadowbudget import ShadowBudgets
 from proxy.tasks import TaskSet
 from proxy.tracecontext import TraceContext
 from proxy.tracing import Tracing
 from proxy.types import AGENT, LEGACY, Mode, Observation, ShadowOutcome
 from proxy.upstream import Upstream
-from proxy.usage import Usage
 
 T = TypeVar("T")
 
@@ -93,9 +92,8 @@ class Shadow:
         self._tasks = tasks
         self._timeout = agent.timeout(settings.timeout)
         self._gates = {r.name: RateGate(r.rate_limit) for r in routes if r.rate_limit}
-        self._budgets: dict[str, TokenBudget] = {}
-        self._spent: set[str] = set()  # routes whose budget ran out (logged once per episode)
-        self._budget_routes(routes)
+        self._tokens = ShadowBudgets(metrics.agent)
+        self._tokens.configure(routes)
         self.in_flight = 0
         self.budget = CaptureBudget(settings.capture_memory)
 
@@ -114,50 +112,7 @@ class Shadow:
                     old if old and old.per_second == r.rate_limit else RateGate(r.rate_limit)
                 )
         self._gates = gates
-        self._budget_routes(routes)
-
-    def _budget_routes(self, routes: Sequence[CompiledRoute]) -> None:
-        """Each route's token budget; one whose allowance did not change keeps its level."""
-        now = time.monotonic()
-        budgets = {}
-        for r in routes:
-            if r.token_budget:
-                old = self._budgets.get(r.name)
-                keep = old is not None and old.per_minute == r.token_budget
-                budgets[r.name] = old if keep and old else TokenBudget(r.token_budget, now)
-        self._budgets = budgets
-
-    def _reserve(self, name: str) -> float | None:
-        """Reserve a shadow call's expected tokens; None when the budget is spent."""
-        budget = self._budgets.get(name)
-        if budget is None:
-            return 0.0
-        reserved = budget.admit(time.monotonic())
-        if reserved is None:
-            if name not in self._spent:
-                self._spent.add(name)
-                log.warning("shadow_budget_exhausted", route=name, per_minute=budget.per_minute)
-        elif name in self._spent:
-            self._spent.discard(name)
-            log.info("shadow_budget_restored", route=name)
-        return reserved
-
-    def _charge(self, job: ShadowJob, tokens: int | None) -> None:
-        """One agent call's real cost, against the job's reservation (the first
-        call's) or on top of it (the extra samples a quorum or noise asks for)."""
-        budget = self._budgets.get(job.route.name)
-        reserved, job.reserved = job.reserved or 0.0, None
-        if budget is not None:
-            now = time.monotonic()
-            budget.settle(reserved, tokens, now)
-            self._metrics.agent.budget(job.route.name, budget.remaining(now))
-
-    def _refund(self, job: ShadowJob) -> None:
-        """The job ended without calling the agent: its reservation goes back."""
-        budget = self._budgets.get(job.route.name)
-        if budget is not None and job.reserved:
-            budget.refund(job.reserved)
-        job.reserved = None
+        self._tokens.configure(routes)
 
     def admit(
         self,
@@ -187,7 +142,7 @@ class Shadow:
             outcome = ShadowOutcome.DROPPED_INFLIGHT
         elif (gate := self._gates.get(name)) is not None and not gate.admit():
             outcome = ShadowOutcome.DROPPED_RATE
-        elif (reserved := self._reserve(name)) is None:
+        elif (reserved := self._tokens.reserve(name)) is None:
             outcome = ShadowOutcome.DROPPED_BUDGET
         if outcome is not None:
             self._metrics.shadow(name, outcome)
@@ -204,6 +159,7 @@ class Shadow:
             headers=to_shadow(
                 upstream_headers, add=self.settings.add_headers, drop=self.settings.drop_headers
             ),
+            legacy_headers=CIMultiDict(upstream_headers),
             request_id=request_id,
             trace=trace,
             body=loop.create_future(),
@@ -226,7 +182,7 @@ class Shadow:
         job.ended = True
         job.budget.give(job.held)
         job.held = 0
-        self._refund(job)
+        self._tokens.refund(job)
         if task.cancelled():
             self._metrics.shadow(job.route.name, ShadowOutcome.CANCELLED)
 
@@ -247,7 +203,7 @@ class Shadow:
             live = Observation(LEGACY, error=f"still running after {self._live_wait:g}s")
         exchange = Exchange(
             name, job.request_id, job.trace.trace_id, job.method, job.raw_path, LEGACY,
-            job.headers, body,
+            job.legacy_headers, body, job.trace,
         )  # fmt: skip
         if _over_capture(live):  # nothing to compare the agent's answer with: don't pay for it
             outcome = job.too_large()
@@ -305,7 +261,7 @@ class Shadow:
         """One call made for the comparison alone (a second legacy answer), bounded
         like the rest of the shadow work; failures are data."""
         span = self._tracing.span(span_name, job.trace, route=job.route.name, backend=upstream.name)
-        headers = CIMultiDict(job.headers)
+        headers = CIMultiDict(job.legacy_headers)  # legacy's own request, not the agent's copy
         headers.update(span.headers())
         start = perf_counter()
         try:
@@ -338,11 +294,14 @@ class Shadow:
         headers = CIMultiDict(job.headers)
         headers.update(span.headers())
         start = perf_counter()
+        capture = job.capture()
+        content_type: str | None = None  # set once a head arrived: the body may break off
         try:
             async with self.agent.request(
                 job.method, job.raw_path, headers, body or None, timeout=self._timeout
             ) as response:
-                kept = await response.read_into(job.capture())  # None: comparison skipped
+                content_type = response.headers.get("Content-Type", "")
+                kept = await response.read_into(capture)  # None: comparison skipped
                 latency = perf_counter() - start
                 observation = Observation(
                     AGENT, response.status, lowered(response.headers), kept, latency
@@ -362,13 +321,19 @@ class Shadow:
                 self._metrics.shadow(name, outcome)
                 self._agent_result(job, False, None)
             log.info("shadow_failed", route=name, request_id=job.request_id, detail=failure.detail)
-            self._charge(job, None)
-            return Observation(AGENT, latency=perf_counter() - start, error=failure.reason)
+            self._tokens.charge(job, None)
+            latency = perf_counter() - start
+            if content_type is not None:  # it broke off mid-answer: its usage is missing
+                self._metrics.agent.cut(
+                    name, Mode.SHADOW, job.route.agent, content_type, capture.value(), latency,
+                    failure.kind,
+                )  # fmt: skip
+            return Observation(AGENT, latency=latency, error=failure.reason)
         observation = self._metrics.agent.answer(
             name, Mode.SHADOW, job.route.agent, observation, span
         )
         usage = observation.usage
-        self._charge(job, _tokens(usage))
+        self._tokens.charge(job, usage)
         status = observation.status
         span.set(status=status)
         span.end(f"status {status}" if status >= 500 else None)
@@ -382,13 +347,6 @@ class Shadow:
     def _agent_result(self, job: ShadowJob, ok: bool, latency: float | None) -> None:
         if job.runtime is not None:  # the breaker and the gates count it
             job.runtime.agent_result(ok, latency, time.monotonic(), Mode.SHADOW, self._metrics)
-
-
-def _tokens(usage: Usage | None) -> int | None:
-    """What an answer cost in tokens, as far as it said."""
-    if usage is None or not usage.reported:
-        return None
-    return (usage.input_tokens or 0) + (usage.output_tokens or 0)
 
 
 async def _within(future: asyncio.Future[T], deadline: float) -> T | None:

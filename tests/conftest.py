@@ -129,4 +129,12 @@ _LAZY_FAMILIES = (
     "shadow_proxy_mismatch_fields_total",
     "shadow_proxy_fallbacks_total",
     "shadow_proxy_retries_total",
+    "gen_ai_client_token_usage",
+    "gen_ai_client_operation_duration_seconds",
+    "shadow_proxy_agent_tokens_per_request",
+    "shadow_proxy_agent_usage_missing_total",
+    "shadow_proxy_agent_tool_calls_total",
+    "shadow_proxy_shadow_token_budget_remaining",
+    "shadow_proxy_noise_",
+    "shadow_proxy_raw_agreement_ratio",
 )

@@ -23,6 +23,22 @@ MESSAGES: list[Any] = [{"role": "user", "content": "Where is order 7?"}]
 ROUTE = "llm"
 
 
+class Copying(httpx2.AsyncByteStream):
+    """A response body stream that keeps a copy of each chunk it hands on."""
+
+    def __init__(self, stream: httpx2.AsyncByteStream, copy: bytearray) -> None:
+        self._stream = stream
+        self._copy = copy
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            self._copy.extend(chunk)
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
 @dataclass
 class Recorder(httpx2.AsyncBaseTransport):
     """The client's transport, keeping the exact bytes of each response body as
@@ -33,24 +49,12 @@ class Recorder(httpx2.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         response = await self.inner.handle_async_request(request)
-        body = bytearray()
-        self.bodies.append(body)
-        stream = response.stream
-        assert isinstance(stream, httpx2.AsyncByteStream)
-
-        class Copy(httpx2.AsyncByteStream):
-            async def __aiter__(self) -> AsyncIterator[bytes]:
-                async for chunk in stream:
-                    body.extend(chunk)
-                    yield chunk
-
-            async def aclose(self) -> None:
-                await stream.aclose()
-
+        assert isinstance(response.stream, httpx2.AsyncByteStream)
+        self.bodies.append(bytearray())
         return httpx2.Response(
             response.status_code,
             headers=response.headers,
-            stream=Copy(),
+            stream=Copying(response.stream, self.bodies[-1]),
             extensions=response.extensions,
         )
 
@@ -96,7 +100,7 @@ async def clients(proxy: Proxy) -> Clients:
     )
 
 
-def live_config(agent: FakeAgent, legacy_url: str, **more: Any) -> dict[str, Any]:
+def live_config(agent: FakeAgent, legacy_url: str, /, **more: Any) -> dict[str, Any]:
     """The agent serves every request on /v1/ live (a manual rollout at 100%)."""
     fallback = more.pop("fallback", {})
     return {
@@ -263,7 +267,6 @@ async def test_sdk_served_live_by_the_agent_gets_its_bytes_and_its_usage_is_coun
     assert tokens(proxy, "input", mode="shadow", stat="count") == 0
 
 
-
 @pytest.mark.parametrize(("name", "call", "provider"), CALLS, ids=[c[0] for c in CALLS])
 async def test_sdk_served_by_legacy_gets_legacys_bytes_and_the_shadow_answer_is_counted(
     make_proxy: ProxyFactory, aiohttp_server: Any, name: str, call: Call, provider: str
@@ -350,8 +353,8 @@ async def test_a_live_stream_cut_midway_reaches_the_client_cut_and_counts_usage_
 async def test_a_buffered_answer_cut_midway_falls_back_and_counts_usage_missing(
     make_proxy: ProxyFactory, aiohttp_server: Any
 ) -> None:
-    """Buffered, a cut agent stream is a failure legacy answers for; what the agent
-    did send still counts as an answer whose usage is missing."""
+    """Buffered, a cut agent stream is a failure legacy answers for (after a retry);
+    what the agent did send each time still counts as an answer whose usage is missing."""
     agent = await start_agent(aiohttp_server, cut_after=4)
     legacy = await start_agent(aiohttp_server, text="Legacy says Tuesday.")
     cfg = live_config(agent, legacy.url, side_effect_free=True)
@@ -364,7 +367,10 @@ async def test_a_buffered_answer_cut_midway_falls_back_and_counts_usage_missing(
     await proxy.settle()
     assert c.received() == legacy.sent[-1]
     assert proxy.value("shadow_proxy_fallbacks_total", route=ROUTE, reason="error") == 1
-    assert missing(proxy) == 1
+    assert len(agent.seen) == 2  # a side-effect-free request is retried once by default
+    assert missing(proxy) == 2
+    duration = "gen_ai_client_operation_duration_seconds_count"
+    assert total(proxy, duration, route=ROUTE, error_type="disconnect") == 2
     assert tokens(proxy, "input", stat="count") == 0
 
 
@@ -386,6 +392,8 @@ async def test_a_shadow_stream_cut_midway_counts_usage_missing_under_shadow(
     assert proxy.outcome("error", route=ROUTE) == 1
     assert missing(proxy, "shadow") == 1
     assert missing(proxy, "live") == 0
+    duration = "gen_ai_client_operation_duration_seconds_count"
+    assert total(proxy, duration, route=ROUTE, mode="shadow", error_type="disconnect") == 1
     assert tokens(proxy, "input", "shadow", stat="count") == 0
 
 
@@ -410,8 +418,7 @@ async def test_model_and_tool_labels_past_the_allow_list_become_other(
     await proxy.settle()
     duration = "gen_ai_client_operation_duration_seconds_count"
     by_model = {
-        m: total(proxy, duration, route=ROUTE, gen_ai_response_model=m)
-        for m in [*seen, "other"]
+        m: total(proxy, duration, route=ROUTE, gen_ai_response_model=m) for m in [*seen, "other"]
     }
     assert by_model == {"gpt-known": 1, "gpt-new": 1, "gpt-newer": 0, "gpt-newest": 0, "other": 2}
     by_tool = {t: tool_calls(proxy, t, "ok") for t in [*tools, "other"]}
@@ -434,4 +441,5 @@ async def test_an_in_house_agent_is_read_through_its_mapping(
     duration = "gen_ai_client_operation_duration_seconds_count"
     assert total(proxy, duration, route=ROUTE, gen_ai_response_model="house-1") == 1
     assert tool_calls(proxy, "lookup_order", "ok") == 1
-    assert tool_calls(proxy, "cancel", "ok") == 1  # the agent said the call went fine
+    # the agent said "ok", but arguments that are not JSON are the agent's fault
+    assert tool_calls(proxy, "cancel", "invalid_arguments") == 1

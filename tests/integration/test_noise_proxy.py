@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 import yaml
+from aiohttp import web
 from conftest import Proxy, ProxyFactory
 from structlog.testing import capture_logs
 
+from proxy.admin import Health, create_admin_app
 from proxy.app import CORE
-from proxy.noise import NoiseLearner
 from proxy.settings import settings_from
 
 NOISY = ("$.id", "$.timestamp")
@@ -34,9 +35,7 @@ class Service:
     headers: list[dict[str, str]] = field(default_factory=list)  # lower-case names
     url: str = ""
 
-    async def handle(self, request: Any) -> Any:
-        from aiohttp import web
-
+    async def handle(self, request: web.Request) -> web.Response:
         await request.read()
         self.calls.append((request.method, request.path_qs))
         self.headers.append({k.lower(): v for k, v in request.headers.items()})
@@ -53,8 +52,6 @@ class Service:
 @pytest.fixture
 def start(aiohttp_server: Any) -> Any:
     async def make(**knobs: Any) -> Service:
-        from aiohttp import web
-
         service = Service(**knobs)
         app = web.Application()
         app.router.add_route("*", "/api/orders/{n}", service.handle)
@@ -110,19 +107,28 @@ class Counts:
 
 def lazy(proxy: Proxy, name: str, **labels: str) -> float:
     """A series that exists only once observed (conftest's reader calls its
-    absence a typo); every test asserts a non-zero value of each name it reads."""
+    absence a typo); each name read here is asserted non-zero in some test, so
+    a typo cannot pass for a zero."""
     return proxy.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
-def learner_of(proxy: Proxy) -> NoiseLearner:
-    """The running proxy's learner for route ``api``. Reaches into the shadow
-    path until the admin API exposes the freeze snippet."""
+def noise_fields(proxy: Proxy) -> set[str]:
+    """The paths the ``shadow_proxy_noise_field`` metric shows for route ``api``."""
+    family = proxy.metrics.registry.collect()
+    return {
+        sample.labels["path"]
+        for metric in family
+        if metric.name == "shadow_proxy_noise_field"
+        for sample in metric.samples
+        if sample.labels.get("route") == "api" and sample.value == 1
+    }
+
+
+async def admin_of(proxy: Proxy, aiohttp_client: Any) -> Any:
+    """The admin API beside the proxy, sharing its noise learners, as the server wires them."""
     core = proxy.client.app[CORE]
-    assert core.shadow is not None
-    route = next(r for r in core.routing.table.routes if r.name == "api")
-    learner = core.shadow._evidence.learner(route)
-    assert learner is not None
-    return learner
+    app = create_admin_app(proxy.metrics, Health(), core.controller, None, core.learners)
+    return await aiohttp_client(app)
 
 
 async def test_fields_that_differ_between_two_legacy_calls_are_learned_and_discounted(
@@ -179,6 +185,9 @@ async def test_frozen_fields_are_discounted_from_the_first_request_without_secon
     assert proxy.verdict("match") == 4 and proxy.verdict("mismatch") == 0
     assert lazy(proxy, "shadow_proxy_noise_discounted_total", route="api") == 4
     assert lazy(proxy, "shadow_proxy_noise_fields", route="api") == 2
+    # both agreements are there to read: noise-adjusted for the gates, and raw
+    assert proxy.value("shadow_proxy_agreement_ratio", route="api") == 1.0
+    assert lazy(proxy, "shadow_proxy_raw_agreement_ratio", route="api") == 0.0
     assert len(legacy.calls) == 4  # learning is off: legacy is asked once per request
 
 
@@ -247,13 +256,16 @@ async def test_frozen_fields_discount_on_the_path_where_the_agent_serves(
 
 
 async def test_the_freeze_snippet_pasted_into_the_config_discounts_from_the_first_request(
-    make_proxy: ProxyFactory, start: Any
+    make_proxy: ProxyFactory, start: Any, aiohttp_client: Any
 ) -> None:
     legacy, agent = await start(), await start()
     base = config(legacy, agent, learning(3))
     learner = await make_proxy(**base)
     await send(learner, range(3))
-    snippet = yaml.safe_load(learner_of(learner).freeze_yaml("api"))
+    admin = await admin_of(learner, aiohttp_client)
+    response = await admin.get("/noise", params={"route": "api", "format": "yaml"})
+    assert response.status == 200
+    snippet = yaml.safe_load(await response.text())
     assert snippet["routes"][0]["name"] == "api"
     frozen = snippet["routes"][0]["noise"]["fields"]
     assert sorted(frozen) == sorted(NOISY)
@@ -266,7 +278,7 @@ async def test_the_freeze_snippet_pasted_into_the_config_discounts_from_the_firs
 
 
 async def test_a_second_call_answered_with_another_status_teaches_no_noise(
-    make_proxy: ProxyFactory, start: Any
+    make_proxy: ProxyFactory, start: Any, aiohttp_client: Any
 ) -> None:
     """A 429 to the duplicate call is load shedding, not noise: were it counted,
     every field of the real answer would be learned and never compared again."""
@@ -275,23 +287,24 @@ async def test_a_second_call_answered_with_another_status_teaches_no_noise(
     await send(proxy, range(6))
     assert [c for c in legacy.calls if c[1] == "/api/orders/0"] == [("GET", "/api/orders/0")] * 2
     assert lazy(proxy, "shadow_proxy_noise_fields", route="api") == 0
-    assert learner_of(proxy).noisy() == frozenset()
+    admin = await admin_of(proxy, aiohttp_client)
+    shown = await (await admin.get("/noise", params={"route": "api"})).json()
+    assert shown["routes"]["api"]["pairs"] == 0
+    assert [f["path"] for f in shown["routes"]["api"]["fields"] if f["noise"]] == []
     agent.wrong = {9}
     await send(proxy, range(9, 10))
     assert proxy.verdict("mismatch") == 1  # $.status is still compared
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy/shadow.py Shadow._noise sends legacy the agent's header copy "
-    "(shadow.drop_headers removed, shadow.add_headers added, X-Shadow-Request set)",
-)
 async def test_the_second_legacy_call_carries_the_clients_headers_not_the_agents(
     make_proxy: ProxyFactory, start: Any
 ) -> None:
     legacy, agent = await start(), await start()
     cfg = config(legacy, agent, learning(1))
-    cfg["shadow"] = {"drop_headers": ["Authorization"], "add_headers": {"X-Agent-Key": "agent-only"}}
+    cfg["shadow"] = {
+        "drop_headers": ["Authorization"],
+        "add_headers": {"X-Agent-Key": "agent-only"},
+    }
     proxy = await make_proxy(**cfg)
     response = await proxy.client.get("/api/orders/1", headers={"Authorization": "Bearer user-1"})
     await response.read()
@@ -301,3 +314,26 @@ async def test_the_second_legacy_call_carries_the_clients_headers_not_the_agents
     assert live["authorization"] == second.get("authorization") == "Bearer user-1"
     assert "x-agent-key" not in second  # the agent's credential never goes to legacy
     assert "x-shadow-request" not in second
+
+
+@pytest.mark.parametrize(
+    ("reloaded", "kept"),
+    [
+        (learning(3), set(NOISY)),  # the same noise settings: what was learned stays
+        (learning(4), set()),  # new settings: a fresh learner, the old fields leave the metric
+        ({"enabled": False}, set()),  # learning off: nothing is discounted any more
+    ],
+)
+async def test_a_reload_keeps_what_was_learned_only_while_the_noise_settings_stay(
+    make_proxy: ProxyFactory, start: Any, reloaded: dict[str, Any], kept: set[str]
+) -> None:
+    legacy, agent = await start(), await start()
+    proxy = await make_proxy(**config(legacy, agent, learning(3)))
+    await send(proxy, range(3))
+    assert noise_fields(proxy) == set(NOISY)
+    proxy.client.app[CORE].apply(settings_from(config(legacy, agent, reloaded)))
+    before = Counts(proxy)
+    await send(proxy, range(3, 4))
+    assert noise_fields(proxy) == kept
+    assert lazy(proxy, "shadow_proxy_noise_fields", route="api") == len(kept)
+    assert Counts(proxy).since(before)["match"] == (1 if kept else 0)

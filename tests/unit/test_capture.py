@@ -133,6 +133,7 @@ async def test_a_job_that_has_ended_holds_nothing_more_and_gives_nothing_back_tw
         method="GET",
         raw_path="/",
         headers=CIMultiDict(),
+        legacy_headers=CIMultiDict(),
         request_id="r",
         trace=TraceContext.new(),
         body=loop.create_future(),

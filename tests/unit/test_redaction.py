@@ -46,6 +46,9 @@ R = Redactor(fields=["pin"], patterns=[r"ACME-\d{4}"])
         ("newPassword=x&DB_PASSWORD=y", f"newPassword={MASK}&DB_PASSWORD={MASK}"),
         ('{"accessToken": "a", "max_tokens": 5}', f'{{"accessToken": "{MASK}", "max_tokens": 5}}'),
         ("amex 3782 822463 10005", f"amex {MASK}"),
+        # Percent-encoded in a query string: decoded to be found (the encoding goes with it)
+        ("/f?auth=Bearer%20t0ken.abc123&who=jo%40x.io&n=1", f"/f?auth={MASK}&who={MASK}&n=1"),
+        ("/f?q=a%20b&page=2", "/f?q=a%20b&page=2"),  # nothing secret: the encoding stays
         # Evidence that only looks like a secret survives:
         ("the basic reasoning is sound", "the basic reasoning is sound"),
         (

@@ -71,6 +71,10 @@ class Evidence:
         self._learners = learners if learners is not None else {}
         self._tracing = tracing or Tracing()
 
+    @property
+    def recording(self) -> bool:
+        return self._recorder is not None
+
     def close(self) -> None:
         self._lane.executor.shutdown(wait=False, cancel_futures=True)
 

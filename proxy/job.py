@@ -23,7 +23,8 @@ class ShadowJob:
     method: str
     raw_path: str
     headers: CIMultiDict[str]  # the agent's copy (shadow marker, add/drop headers)
-    legacy_headers: CIMultiDict[str]  # the request as legacy got it: recorded, and resent for noise
+    # The request as legacy got it, kept only when it is recorded or resent for noise.
+    legacy_headers: CIMultiDict[str] | None
     request_id: str
     trace: TraceContext  # the request's trace; the agent call gets its own span id
     body: asyncio.Future[bytes | ShadowOutcome]  # the captured request body, or why not

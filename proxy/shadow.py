@@ -114,6 +114,11 @@ class Shadow:
         self._gates = gates
         self._tokens.configure(routes)
 
+    def _keeps(self, route: CompiledRoute) -> bool:
+        """Does anything need legacy's own request headers after the live call?"""
+        noise = route.noise
+        return self._evidence.recording or (noise.enabled and noise.backend == LEGACY)
+
     def admit(
         self,
         route: CompiledRoute,
@@ -159,7 +164,7 @@ class Shadow:
             headers=to_shadow(
                 upstream_headers, add=self.settings.add_headers, drop=self.settings.drop_headers
             ),
-            legacy_headers=CIMultiDict(upstream_headers),
+            legacy_headers=CIMultiDict(upstream_headers) if self._keeps(route) else None,
             request_id=request_id,
             trace=trace,
             body=loop.create_future(),
@@ -203,7 +208,7 @@ class Shadow:
             live = Observation(LEGACY, error=f"still running after {self._live_wait:g}s")
         exchange = Exchange(
             name, job.request_id, job.trace.trace_id, job.method, job.raw_path, LEGACY,
-            job.legacy_headers, body, job.trace,
+            job.legacy_headers or {}, body, job.trace,
         )  # fmt: skip
         if _over_capture(live):  # nothing to compare the agent's answer with: don't pay for it
             outcome = job.too_large()
@@ -261,7 +266,7 @@ class Shadow:
         """One call made for the comparison alone (a second legacy answer), bounded
         like the rest of the shadow work; failures are data."""
         span = self._tracing.span(span_name, job.trace, route=job.route.name, backend=upstream.name)
-        headers = CIMultiDict(job.legacy_headers)  # legacy's own request, not the agent's copy
+        headers = CIMultiDict(job.legacy_headers or ())  # legacy's request, not the agent's
         headers.update(span.headers())
         start = perf_counter()
         try:
@@ -291,7 +296,7 @@ class Shadow:
         it costs tokens like any other but is not another shadow request."""
         name = job.route.name
         span = self._tracing.span("shadow", job.trace, route=name, backend=AGENT, mode="shadow")
-        headers = CIMultiDict(job.headers)
+        headers = CIMultiDict(job.headers) if extra else job.headers  # extras run together
         headers.update(span.headers())
         start = perf_counter()
         capture = job.capture()

@@ -305,7 +305,9 @@ def _loads(payload: bytes) -> Any:
 
 
 def read_usage(settings: AgentSettings, content_type: str | None, body: bytes) -> Usage | None:
-    """The usage in a whole body (a recorded or replayed answer)."""
+    """The usage in a whole body (a recorded, replayed or captured answer)."""
+    if settings.format is AgentFormat.AUTO and b'"object"' not in body and b'"type"' not in body:
+        return None  # no key that detection reads: no known format, and nothing parsed
     reader = UsageReader(settings, content_type, max(len(body) + 1, 1 << 20))
     reader.feed(body)
     return reader.finish()

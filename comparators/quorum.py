@@ -149,15 +149,18 @@ class QuorumComparator:
         if expected is None:
             return Result(self.name, Verdict.SKIPPED, 0.0, reason=f"legacy has no answer: {why}")
         voters = (agent, *agent.alternatives)
-        n = len(voters)
-        if n < 2:
+        arrived = len(voters)
+        if arrived < 2:
             reason = f"1 agent sample of {self.samples} asked for: no vote"
             return Result(self.name, Verdict.SKIPPED, 0.0, reason=reason)
+        # N is the samples asked for: one that failed to arrive is an abstention, so
+        # two agreeing answers of four asked are 2/4, not a confident 2/2.
+        n = max(self.samples, arrived)
         votes = Counter(a for a in (self._answer(v.body)[0] for v in voters) if a is not None)
         agreeing = votes.get(expected, 0)
         score = agreeing / n
-        notes = [f"{n} of {self.samples} samples arrived"] if n < self.samples else []
-        if abstained := n - votes.total():
+        notes = [f"{arrived} of {self.samples} samples arrived"] if arrived < self.samples else []
+        if abstained := arrived - votes.total():
             notes.append(f"{abstained} abstained")
         note = f" ({', '.join(notes)})" if notes else ""
         ranked = votes.most_common()

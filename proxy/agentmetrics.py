@@ -189,7 +189,8 @@ class AgentMetrics:
             if outcome is not None:
                 self._child(self._tools, route, self.tools(call.name), outcome.value).inc()
         if not usage.reported:
-            self._child(self._missing, route, mode.value).inc()
+            if status < 400:  # an error answer has its error type; it owes no usage
+                self._child(self._missing, route, mode.value).inc()
             return
         total = 0
         for kind, count in (("input", usage.input_tokens), ("output", usage.output_tokens)):

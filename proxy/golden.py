@@ -53,6 +53,7 @@ from proxy.casejson import (
     json_str,
 )
 from proxy.types import Observation
+from proxy.usage import tool_call_json
 
 __all__ = [  # the body helpers live in proxy/casebody.py; re-exported for callers
     "DEFAULT_MAX_BODY",
@@ -335,7 +336,7 @@ class Case:
             "agent": self.agent.to_json(),
             "comparison": self.comparison.to_json(),
             "usage": None if self.usage is None else dict(self.usage),
-            "tool_calls": [_tool_json(t) for t in self.tool_calls],
+            "tool_calls": [tool_call_json(t) for t in self.tool_calls],
             "expected": None if self.expected is None else self.expected.to_json(expected=True),
             "label": None if self.label is None else self.label.to_json(),
         }
@@ -397,11 +398,6 @@ _CASE_KEYS = (
     "comparison", "usage", "tool_calls", "expected", "label",
 )  # fmt: skip
 _REQUIRED = ("id", "time", "route", "request", "legacy", "agent", "comparison")
-
-
-def _tool_json(call: ToolCall) -> dict[str, Any]:
-    outcome = call.outcome.value if call.outcome else None
-    return {"name": call.name, "arguments": call.arguments, "valid": call.valid, "outcome": outcome}
 
 
 def _tool(data: Any, where: str) -> ToolCall:

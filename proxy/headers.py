@@ -124,14 +124,17 @@ def to_shadow(
     add: Mapping[str, str],
     drop: Iterable[str],
 ) -> CIMultiDict[str]:
-    """The agent's copy: marked as shadow, minus configured secrets, plus extras.
+    """The agent's copy: marked as shadow, minus configured secrets, plus extras,
+    asking for an uncompressed answer.
 
     The body is resent from the capture, so its length is recomputed.
     """
-    dropped = {name.lower() for name in drop} | {"content-length"}
+    dropped = {name.lower() for name in drop} | {"content-length", "accept-encoding"}
     out = CIMultiDict((k, v) for k, v in upstream.items() if k.lower() not in dropped)
     out.update(add)
     out[SHADOW_MARKER] = "1"
+    # The answer reaches no client: plain bytes are read for usage and compared as they come.
+    out["Accept-Encoding"] = "identity"
     return out
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 
 from comparators import (
     AnyComparator,
@@ -20,8 +19,9 @@ from comparators import (
     compare,
     is_async,
 )
-from proxy.casebody import inflate
-from proxy.types import Observation
+from proxy.types import MAX_INFLATED_BYTES, Observation, decoded
+
+__all__ = ["BUSY", "MAX_INFLATED_BYTES", "Lane", "decoded", "judge"]
 
 # Bodies above this are compared on a worker thread so the loop keeps serving
 # (about 0.5 ms of diffing for 16 KiB of JSON). A 1 MB document takes tens of
@@ -34,19 +34,6 @@ INLINE_COMPARE_BYTES = 16 * 1024
 LARGE_COMPARE_SHARE = 0.25
 BUSY = "large comparisons are at their CPU share (one at a time, 25% of the time)"
 # A compressed body is inflated for comparison up to this size (bombs stop here).
-MAX_INFLATED_BYTES = 16 * 1024 * 1024
-
-
-def decoded(observation: Observation) -> Observation | str:
-    """The body as the comparators need it: gzip and deflate are inflated (bounded);
-    another encoding is a reason to skip, not a false mismatch."""
-    encoding = observation.headers.get("content-encoding", "identity").strip().lower()
-    if encoding in ("", "identity") or not observation.body:
-        return observation
-    body = inflate(observation.body, encoding, MAX_INFLATED_BYTES)
-    if isinstance(body, str):
-        return f"{observation.backend} body {body}"
-    return replace(observation, body=body)
 
 
 class Lane:

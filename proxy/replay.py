@@ -244,15 +244,18 @@ async def score(
         return CaseResult(**base, expected_from=source, after=Comparison.error(error),
                           after_latency_ms=first.latency_ms, error=error)  # fmt: skip
     samples = [_sample(a, scoring) for a in answers if a.error is None]
-    known = [t for _, t in samples if t is not None]
     extra = tuple(s for s, _ in samples[1:])
     agent_sample = replace(samples[0][0], alternatives=extra)
     comparison = await acompare(scoring.comparators, expected, agent_sample)
     if scoring.noise is not None:
         comparison = scoring.noise.adjust(comparison)
-    return CaseResult(**base, expected_from=source, after=comparison,
-                      after_latency_ms=first.latency_ms,
-                      after_tokens=sum(known) if known else None)  # fmt: skip
+    return CaseResult(
+        **base,
+        expected_from=source,
+        after=comparison,
+        after_latency_ms=first.latency_ms,
+        after_tokens=samples[0][1],  # like the recorded usage: the first answer's
+    )
 
 
 async def replay(

@@ -23,6 +23,7 @@ class ShadowBudgets:
         self._metrics = metrics
         self._budgets: dict[str, TokenBudget] = {}
         self._spent: set[str] = set()  # routes whose budget ran out (logged once per episode)
+        self._blind: set[str] = set()  # routes warned that answers report no usage
 
     def configure(self, routes: Sequence[CompiledRoute]) -> None:
         """Each route's budget; one whose allowance did not change keeps its level.
@@ -59,12 +60,23 @@ class ShadowBudgets:
     def charge(self, job: ShadowJob, usage: Usage | None) -> None:
         """One agent call's real cost, against the job's reservation (the first
         call's) or on top of it (the extra samples a quorum or noise asks for)."""
-        budget = self._budgets.get(job.route.name)
+        name = job.route.name
+        budget = self._budgets.get(name)
         reserved, job.reserved = job.reserved or 0.0, None
-        if budget is not None:
-            now = time.monotonic()
-            budget.settle(reserved, _tokens(usage), now)
-            self._metrics.budget(job.route.name, budget.remaining(now))
+        if budget is None:
+            return
+        now = time.monotonic()
+        tokens = _tokens(usage)
+        budget.settle(reserved, tokens, now)
+        self._metrics.budget(name, budget.remaining(now))
+        if tokens is None and budget.estimate == 0 and name not in self._blind:
+            self._blind.add(name)  # once: a budget that never learns a cost stops nothing
+            log.warning(
+                "shadow_budget_blind",
+                route=name,
+                reason="the agent's answers report no token usage (set routes[].agent, or "
+                "ask the agent for usage): the budget cannot count what they cost",
+            )
 
     def refund(self, job: ShadowJob) -> None:
         """The job ended without calling the agent: its reservation goes back."""

@@ -120,13 +120,6 @@ def parse_tracestate(value: Header) -> str | None:
     return ",".join(members) or None
 
 
-def trace_id(traceparent: Header) -> str | None:
-    """The trace id of a valid ``traceparent``, for logs; None when it would
-    not be kept (the proxy then starts a new trace: log ``TraceContext.trace_id``)."""
-    parsed = parse_traceparent(traceparent)
-    return parsed[0] if parsed else None
-
-
 @dataclass(frozen=True, slots=True)
 class TraceContext:
     """Where one proxied request stands in its distributed trace.

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from comparators import Sample
+from proxy.casebody import inflate
 from proxy.usage import AgentSettings, Usage, read_usage
 
 LEGACY = "legacy"
@@ -77,8 +78,32 @@ class Observation:
 
     def with_usage(self, settings: AgentSettings) -> Observation:
         """This answer with the usage and tool calls its body reports (read in the
-        format ``settings`` name); unchanged when the body is not in a known one."""
+        format ``settings`` name, gzip inflated); unchanged when not in a known one."""
         if self.body is None or self.error is not None:
             return self
-        usage = read_usage(settings, self.headers.get("content-type"), self.body)
+        plain = decoded(self)
+        if isinstance(plain, str) or plain.body is None:
+            return self
+        usage = read_usage(settings, self.headers.get("content-type"), plain.body)
         return self if usage is None else replace(self, usage=usage)
+
+
+# A compressed body is inflated for comparison up to this size (bombs stop here).
+MAX_INFLATED_BYTES = 16 * 1024 * 1024
+
+
+def decoded(observation: Observation) -> Observation | str:
+    """The body as comparators and usage readers need it: gzip and deflate are
+    inflated (bounded), the extra samples too; another encoding is a reason to
+    skip, not a false mismatch."""
+    alternatives = observation.alternatives
+    if alternatives:
+        plain = [a for a in map(decoded, alternatives) if not isinstance(a, str)]
+        observation = replace(observation, alternatives=tuple(plain))
+    encoding = observation.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity") or not observation.body:
+        return observation
+    body = inflate(observation.body, encoding, MAX_INFLATED_BYTES)
+    if isinstance(body, str):
+        return f"{observation.backend} body {body}"
+    return replace(observation, body=body)

@@ -213,7 +213,7 @@ class UsageReader:
             t.truncated = t.truncated or self._sse.dropped > 0
         elif not (self._mode == "off" and t.truncated):
             return None
-        if (t.format is AgentFormat.AUTO and not t.truncated) or t.format is AgentFormat.NONE:
+        if t.format in (AgentFormat.AUTO, AgentFormat.NONE):  # never told what it reads
             return None
         return _usage(t, complete)
 

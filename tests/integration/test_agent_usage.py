@@ -5,6 +5,8 @@ GenAI metrics count exactly what the agent's answers said."""
 
 from __future__ import annotations
 
+import gzip
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +16,7 @@ import httpx2
 import openai
 import pytest
 from agents import AGENT_MAPPING, FakeAgent, FakeTool, start_agent
+from aiohttp import web
 from conftest import Proxy, ProxyFactory
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -443,3 +446,63 @@ async def test_an_in_house_agent_is_read_through_its_mapping(
     assert tool_calls(proxy, "lookup_order", "ok") == 1
     # the agent said "ok", but arguments that are not JSON are the agent's fault
     assert tool_calls(proxy, "cancel", "invalid_arguments") == 1
+
+
+async def test_a_gzipped_shadow_answer_is_read_for_usage_and_asked_for_plain(
+    make_proxy: ProxyFactory, aiohttp_server: Any
+) -> None:
+    """An agent that compresses whatever it is asked still has its tokens counted
+    (and is asked for identity: the shadow answer reaches no client)."""
+    answer = {
+        "object": "chat.completion",
+        "model": "m-1",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15},
+    }
+    asked: list[str] = []
+
+    async def compressed(request: web.Request) -> web.Response:
+        asked.append(request.headers.get("Accept-Encoding", ""))
+        await request.read()
+        body = gzip.compress(json.dumps(answer).encode())
+        headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        return web.Response(body=body, headers=headers)
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", compressed)
+    server = await aiohttp_server(app)
+    legacy = await start_agent(aiohttp_server)
+    config = shadow_config(legacy, legacy)
+    config["backends"]["agent"] = {"url": str(server.make_url(""))}
+    proxy = await make_proxy(**config)
+    response = await proxy.client.post("/v1/chat/completions", json={"model": "m-1"})
+    assert response.status == 200
+    await proxy.settle()
+    assert asked == ["identity"]
+    assert tokens(proxy, "input", mode="shadow") == 11
+    assert tokens(proxy, "output", mode="shadow") == 4
+
+
+async def test_an_error_answer_is_not_counted_as_usage_missing(
+    make_proxy: ProxyFactory, aiohttp_server: Any
+) -> None:
+    """A 429 says why there is no usage: its error type counts it, not usage_missing."""
+
+    async def refused(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"error": {"message": "slow down"}}, status=429)
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", refused)
+    server = await aiohttp_server(app)
+    legacy = await start_agent(aiohttp_server)
+    config = shadow_config(legacy, legacy)
+    config["backends"]["agent"] = {"url": str(server.make_url(""))}
+    config["routes"][0]["agent"] = {"format": "openai_chat"}
+    proxy = await make_proxy(**config)
+    response = await proxy.client.post("/v1/chat/completions", json={"model": "m-1"})
+    assert response.status == 200
+    await proxy.settle()
+    assert missing(proxy, mode="shadow") == 0
+    duration = "gen_ai_client_operation_duration_seconds_count"
+    assert total(proxy, duration, route=ROUTE, mode="shadow", error_type="4xx") == 1

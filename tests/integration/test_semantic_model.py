@@ -21,7 +21,14 @@ from hypothesis import strategies as st
 
 from comparators.comparison import NEEDS_LOOP, acompare, compare
 from comparators.registry import build
-from comparators.semantic import EMBEDDER, EXTRA_MISSING, Embedder, SemanticComparator
+from comparators.semantic import (
+    BUSY,
+    EMBEDDER,
+    EXTRA_MISSING,
+    MAX_PENDING,
+    Embedder,
+    SemanticComparator,
+)
 from comparators.types import Result, Sample, Verdict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -321,3 +328,18 @@ def test_any_pair_of_bodies_gives_a_sound_result(
     result = asyncio.run(run(semantic(**options), legacy, agent))
     assert result.verdict in (MATCH, MISMATCH, SKIPPED), result
     assert 0.0 <= result.score <= 1.0
+
+
+async def test_past_the_pending_bound_a_comparison_is_skipped_not_queued() -> None:
+    """A burst faster than the one worker encodes is skipped (busy), so request
+    bodies waiting on the model stay bounded; below the bound it compares again."""
+    comparator = semantic()
+    EMBEDDER.pending += MAX_PENDING  # as if that many encodings were waiting
+    try:
+        result = await run(comparator, SHIPPED.encode(), b"Your order was cancelled.")
+    finally:
+        EMBEDDER.pending -= MAX_PENDING
+    assert (result.verdict, result.reason) == (SKIPPED, BUSY)
+    result = await run(comparator, SHIPPED.encode(), b"Your order was cancelled.")
+    assert result.verdict is MISMATCH
+    assert EMBEDDER.pending == 0

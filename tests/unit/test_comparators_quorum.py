@@ -119,8 +119,12 @@ def test_canonical_numbers_are_exact_beyond_28_digits() -> None:
                      "below min_confidence 0.5", id="not-json-abstains-but-counts-in-n"),
         pytest.param({}, "Paris", ("", "  ", MISSING), Verdict.MISMATCH, 0.0,
                      "no agent sample gave an answer (3 abstained)", id="all-abstain"),
-        pytest.param({"samples": 5}, 42, ("42.0", 42, "4.2e1"), Verdict.MATCH, 1.0,
-                     "winner '42' with 3/3 votes (3 of 5 samples arrived)", id="fewer-arrived"),
+        pytest.param({"samples": 5}, 42, ("42.0", 42, "4.2e1"), Verdict.MATCH, 3 / 5,
+                     "winner '42' with 3/5 votes (3 of 5 samples arrived)", id="fewer-arrived"),
+        pytest.param({"samples": 4, "min_confidence": 0.6}, "Paris", ("Paris", "Paris"),
+                     Verdict.MISMATCH, 2 / 4,
+                     "winner 'paris' with 2/4 votes (2 of 4 samples arrived) agrees with legacy, "
+                     "below min_confidence 0.6", id="lost-samples-count-against-confidence"),
         pytest.param({}, MISSING, ("Paris", "Paris"), Verdict.SKIPPED, 0.0,
                      "legacy has no answer: $.answer is absent", id="legacy-without-answer"),
         pytest.param({}, b"oops", ("Paris", "Paris"), Verdict.SKIPPED, 0.0,
@@ -259,6 +263,7 @@ def test_a_match_is_legacy_winning_with_enough_confidence(
         expected = normalize_answer(orjson.loads(body(legacy))["answer"])
         votes = [normalize_answer(a) for a in samples if a is not MISSING]
         others = set(votes) - {expected, None}
-        assert votes.count(expected) / len(samples) >= min_confidence
+        n = max(asked, len(samples))  # samples asked for and lost are abstentions
+        assert votes.count(expected) / n >= min_confidence
         assert votes.count(expected) > max((votes.count(v) for v in others), default=0)
-        assert result.score == votes.count(expected) / len(samples)
+        assert result.score == votes.count(expected) / n

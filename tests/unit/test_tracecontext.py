@@ -15,7 +15,6 @@ from proxy.tracecontext import (
     new_trace_id,
     parse_traceparent,
     parse_tracestate,
-    trace_id,
 )
 
 TRACE = "12345678901234567890123456789012"
@@ -237,19 +236,3 @@ def test_generated_ids_are_well_formed_and_distinct():
     assert len(spans) == len(traces) == 1000
     assert all(re.fullmatch(r"[0-9a-f]{16}", s) and s != "0" * 16 for s in spans)
     assert all(re.fullmatch(r"[0-9a-f]{32}", t) and t != "0" * 32 for t in traces)
-
-
-@pytest.mark.parametrize(
-    ("traceparent", "expected"),
-    [
-        (VALID, TRACE),
-        (f"cc-{TRACE}-{PARENT}-01-x", TRACE),
-        (f"00-{TRACE.upper()[:-1]}A-{PARENT}-01", None),  # the proxy would restart this trace
-        (f"ff-{TRACE}-{PARENT}-01", None),
-        (f"00-{TRACE}-{'0' * 16}-01", None),
-        (None, None),
-    ],
-)
-def test_trace_id_for_logs_is_the_kept_trace_or_none(traceparent, expected):
-    """The log helper names a trace id only when the proxy would keep that trace."""
-    assert trace_id(traceparent) == expected

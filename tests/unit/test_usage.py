@@ -417,11 +417,15 @@ def test_stream_events_of_the_wrong_type_are_skipped() -> None:
 
 
 def test_json_body_past_the_bound_is_marked_truncated() -> None:
-    """A body larger than ``max_bytes`` is dropped as it passes and reported as truncated."""
+    """A body larger than ``max_bytes`` is dropped as it passes and reported as truncated
+    (its usage missing) when the route names the format; in auto mode nothing tells it
+    from any other large answer, so nothing is reported."""
     body = json.dumps({**CHAT_JSON, "pad": "x" * 5000}).encode()
-    usage = feed(body, list(range(100, len(body), 100)), content_type="application/json",
-                 max_bytes=1000)  # fmt: skip
+    chunks = list(range(100, len(body), 100))
+    told = AgentSettings(format=AgentFormat.OPENAI_CHAT)
+    usage = feed(body, chunks, content_type="application/json", max_bytes=1000, settings=told)
     assert usage is not None and usage.truncated and not usage.reported
+    assert feed(body, chunks, content_type="application/json", max_bytes=1000) is None
 
 
 def test_event_past_the_bound_is_dropped_and_later_events_still_read() -> None:

@@ -13,6 +13,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Any, TextIO
 
 DEFAULT_URL = "http://127.0.0.1:9090"
@@ -84,16 +85,25 @@ def render_status(data: dict[str, Any], out: TextIO = sys.stdout) -> None:
 
 def run(command: str, route: str | None, percent: float | None, url: str, token: str | None) -> int:
     """Exit status: 0 done, 1 refused, unreachable, or nothing happened (a 409)."""
-    try:
+
+    def act() -> None:
         if command == "status":
             render_status(call(url, "GET", "/rollout", token))
-            return 0
+            return
         if command == "set-share":
             result = call(url, "PUT", f"/rollout/{route}/share", token, {"percent": percent})
         else:
             result = call(url, "POST", f"/rollout/{route}/{command}", token)
         decision = result["decision"]
         print(f"{route}: {decision['action']}: {decision['reason']}")
+
+    return _guarded(url, act)
+
+
+def _guarded(url: str, act: Callable[[], None]) -> int:
+    """Run one admin call and its printing: 0 done, 1 refused, unreachable or not the API."""
+    try:
+        act()
     except AdminError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -122,15 +132,11 @@ def noise(url: str, route: str | None, as_yaml: bool) -> int:
         {k: v for k, v in (("route", route), ("format", "yaml" if as_yaml else None)) if v}
     )
     path = "/noise" + (f"?{query}" if query else "")
-    try:
+
+    def act() -> None:
         if as_yaml:
             print(call(url, "GET", path, None, raw=True), end="")
         else:
             render_noise(call(url, "GET", path, None))
-    except AdminError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (KeyError, TypeError, AttributeError):
-        print(f"error: {url} did not answer like the shadow-proxy admin API", file=sys.stderr)
-        return 1
-    return 0
+
+    return _guarded(url, act)

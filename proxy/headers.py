@@ -46,7 +46,8 @@ _CLIENT_ONLY = (
     "x-original-url",
     "x-rewrite-url",
 )
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token: methods, header names
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # not allowed in a header value
 
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 
@@ -141,3 +142,17 @@ def to_shadow(
 def lowered(headers: Mapping[str, str]) -> dict[str, str]:
     """Headers as comparators and fallback checks see them: lower-case names."""
     return {k.lower(): v for k, v in headers.items()}
+
+
+def is_token(value: str) -> bool:
+    """An RFC 9110 token: what a method or a header name must be."""
+    return _TOKEN.fullmatch(value) is not None
+
+
+def invalid_header(name: str, value: str) -> str | None:
+    """Why a configured header (one the proxy adds) cannot be sent, or None."""
+    if not is_token(name):
+        return f"{name!r} is not a valid header name"
+    if _CONTROL.search(value):
+        return f"the value of {name} contains control characters"
+    return None

@@ -35,6 +35,7 @@ from pydantic_settings import (
 import comparators
 from proxy.errors import ConfigError
 from proxy.fleetconfig import PrometheusSettings, RedisSettings
+from proxy.headers import invalid_header, is_token
 from proxy.noise import NoiseSettings
 from proxy.policy import BreakerConfig, FallbackConfig, RetryConfig, RolloutConfig
 from proxy.recorder import RecordingSettings
@@ -44,8 +45,6 @@ from proxy.units import ByteSize, Duration, HttpUrl, PositiveDuration
 from proxy.usage import AgentSettings
 
 UNMATCHED_ROUTE = "unmatched"
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token (methods, header names)
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # not allowed in a header value
 
 
 class Model(BaseModel):
@@ -147,7 +146,7 @@ class PathMatch(Model):
     @classmethod
     def _methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for method in value:
-            if not _TOKEN.match(method):
+            if not is_token(method):
                 raise ValueError(f"{method!r} is not an HTTP method")
         return tuple(m.upper() for m in value)
 
@@ -246,17 +245,15 @@ class ShadowSettings(Model):
     @classmethod
     def _valid_headers(cls, value: dict[str, str]) -> dict[str, str]:
         for name, text in value.items():
-            if not _TOKEN.match(name):
-                raise ValueError(f"{name!r} is not a valid header name")
-            if _CONTROL.search(text):
-                raise ValueError(f"the value of {name} contains control characters")
+            if problem := invalid_header(name, text):
+                raise ValueError(problem)
         return value
 
     @field_validator("drop_headers")
     @classmethod
     def _valid_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for name in value:
-            if not _TOKEN.match(name):
+            if not is_token(name):
                 raise ValueError(f"{name!r} is not a valid header name")
         return value
 

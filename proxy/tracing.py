@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import re
 import threading
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
@@ -33,6 +32,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from proxy.errors import ConfigError
+from proxy.headers import invalid_header
 from proxy.tracecontext import SAMPLED, Header, TraceContext, new_span_id
 from proxy.units import HttpUrl, PositiveDuration
 
@@ -61,8 +61,6 @@ ALIASES = {
     "method": "http.request.method",
 }
 _CLIENT_SPANS = frozenset({"live", "shadow", "fallback"})  # calls to a backend
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 AttributeValue = str | bool | int | float | Sequence[str] | Sequence[int] | Sequence[float]
 
@@ -102,10 +100,8 @@ class TracingSettings(BaseModel):
     @classmethod
     def _valid_headers(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
         for name, secret in value.items():
-            if not _TOKEN.fullmatch(name):
-                raise ValueError(f"{name!r} is not a valid header name")
-            if _CONTROL.search(secret.get_secret_value()):
-                raise ValueError(f"the value of {name!r} contains control characters")
+            if problem := invalid_header(name, secret.get_secret_value()):
+                raise ValueError(problem)
         return value
 
     @field_validator("otlp_endpoint")

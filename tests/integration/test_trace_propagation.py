@@ -7,23 +7,16 @@ collector receives are exactly the parents the upstreams saw."""
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import structlog
-from aiohttp import web
 from conftest import Proxy, ProxyFactory
 from fakes import Fake, Reply, Seen, dead_url
 from multidict import CIMultiDict
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
+from otlp import Collector, start_collector
 from structlog.testing import capture_logs
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -225,48 +218,9 @@ async def test_shadow_side_log_events_carry_the_trace_id(
 # -- span export -----------------------------------------------------------------
 
 
-@dataclass
-class Collector:
-    """A fake OTLP/HTTP collector: decodes each POST /v1/traces."""
-
-    url: str = ""
-    requests: list[ExportTraceServiceRequest] = field(default_factory=list)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def spans(self) -> list[ProtoSpan]:
-        return [
-            span
-            for request in self.requests
-            for resource in request.resource_spans
-            for scope in resource.scope_spans
-            for span in scope.spans
-        ]
-
-    async def wait(self, count: int, within: float = 10.0) -> list[ProtoSpan]:
-        """The spans once ``count`` have arrived (the exporter sends in batches)."""
-        async with asyncio.timeout(within):
-            while len(self.spans()) < count:
-                self.arrived.clear()
-                await self.arrived.wait()
-        await asyncio.sleep(0.1)  # none more than expected
-        return self.spans()
-
-
 @pytest.fixture
-async def collector(aiohttp_server: Any) -> AsyncIterator[Collector]:
-    state = Collector()
-
-    async def traces(request: web.Request) -> web.Response:
-        state.requests.append(ExportTraceServiceRequest.FromString(await request.read()))
-        state.arrived.set()
-        body = ExportTraceServiceResponse().SerializeToString()
-        return web.Response(body=body, content_type="application/x-protobuf")
-
-    app = web.Application()
-    app.router.add_post("/v1/traces", traces)
-    server = await aiohttp_server(app, host="127.0.0.1", port=0)
-    state.url = str(server.make_url("")).rstrip("/")
-    yield state
+async def collector(aiohttp_server: Any) -> Collector:
+    return await start_collector(aiohttp_server)
 
 
 def backend(span: ProtoSpan) -> str:

@@ -7,18 +7,14 @@ import asyncio
 import socket
 import sys
 import threading
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import structlog.testing
 from aiohttp import ClientSession, web
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
+from otlp import Collector, start_collector
 from pydantic import ValidationError
 
 from proxy.errors import ConfigError
@@ -29,53 +25,9 @@ TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
 
 
-@dataclass
-class Collector:
-    url: str = ""
-    requests: list[ExportTraceServiceRequest] = field(default_factory=list)
-    headers: list[dict[str, str]] = field(default_factory=list)
-    release: asyncio.Event = field(default_factory=asyncio.Event)
-    hang: bool = False
-
-    def spans(self) -> list[ProtoSpan]:
-        return [
-            span
-            for request in self.requests
-            for resource in request.resource_spans
-            for scope in resource.scope_spans
-            for span in scope.spans
-        ]
-
-    def span(self, name: str) -> ProtoSpan:
-        (found,) = [span for span in self.spans() if span.name == name]
-        return found
-
-    def services(self) -> set[str]:
-        return {
-            attribute.value.string_value
-            for request in self.requests
-            for resource in request.resource_spans
-            for attribute in resource.resource.attributes
-            if attribute.key == "service.name"
-        }
-
-
 @pytest.fixture
 async def collector(aiohttp_server: Any) -> Any:
-    state = Collector()
-
-    async def traces(request: web.Request) -> web.Response:
-        if state.hang:
-            await state.release.wait()
-        state.headers.append(dict(request.headers))
-        state.requests.append(ExportTraceServiceRequest.FromString(await request.read()))
-        body = ExportTraceServiceResponse().SerializeToString()
-        return web.Response(body=body, content_type="application/x-protobuf")
-
-    app = web.Application()
-    app.router.add_post("/v1/traces", traces)
-    server = await aiohttp_server(app, host="127.0.0.1", port=0)
-    state.url = str(server.make_url("")).rstrip("/")
+    state = await start_collector(aiohttp_server)
     yield state
     state.release.set()
 

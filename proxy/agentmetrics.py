@@ -14,12 +14,12 @@ go through an allow-list: the configured names, then the first few seen, then
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from comparators import ToolOutcome
 from proxy.agreement import RollingAgreement
+from proxy.children import LabelChildren
 from proxy.recorder import Outcome
 from proxy.redaction import path_label
 from proxy.tracing import Span
@@ -120,18 +120,11 @@ class AgentMetrics:
             self._recorded.labels(outcome.value)
         self.models = AllowList()
         self.tools = AllowList()
-        self._children: dict[tuple[Any, ...], Any] = {}
+        self._child = LabelChildren()
 
     def allow(self, models: Iterable[str], tools: Iterable[str], learn: int) -> None:
         self.models = AllowList(models, learn)
         self.tools = AllowList(tools, learn)
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (id(metric), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
 
     def answer(
         self, route: str, mode: Mode, settings: AgentSettings, answer: Observation, span: Span
@@ -204,8 +197,7 @@ class AgentMetrics:
 
     def forget_budget(self, route: str) -> None:
         """The route has no budget any more (a reload): a stale level would mislead."""
-        if self._children.pop((id(self._budget), route), None) is not None:
-            self._budget.remove(route)
+        self._child.forget(self._budget, route)
 
     def noise_pair(self, route: str, backend: str) -> None:
         self._child(self._noise_pairs, route, backend).inc()
@@ -223,9 +215,7 @@ class AgentMetrics:
         for path in learned:
             self._child(self._noise_field, route, path_label(path)).set(1)
         for path in unlearned:
-            key = (id(self._noise_field), route, path_label(path))
-            if self._children.pop(key, None) is not None:
-                self._noise_field.remove(route, key[2])
+            self._child.forget(self._noise_field, route, path_label(path))
 
     def raw(self, route: str, matched: bool) -> None:
         """A raw verdict (match or mismatch) on a route where noise is discounted."""

@@ -20,6 +20,7 @@ from prometheus_client.process_collector import ProcessCollector
 from comparators import Comparison, Verdict
 from proxy.agentmetrics import AgentMetrics
 from proxy.agreement import RollingAgreement
+from proxy.children import LabelChildren
 from proxy.fallback import FallbackReason
 from proxy.redaction import path_label
 from proxy.types import Mode, ShadowOutcome
@@ -152,7 +153,7 @@ class Metrics:
         self._paths: dict[str, set[str]] = {}
         self._agreement_size = agreement_window
         self._agreement = {name: RollingAgreement(agreement_window) for name in routes}
-        self._children: dict[tuple[Any, ...], Any] = {}
+        self._child = LabelChildren()
         for operation in FLEET_OPERATIONS:
             self._child(self._fleet_errors, operation)
         self._prime(routes)
@@ -180,12 +181,8 @@ class Metrics:
 
     def forget_rollout(self, route: str) -> None:
         """A reload removed the route's rollout: its gauges must not linger at old values."""
-        gauges = {
-            id(m): m for m in (self._percent, self._stage, self._gate_value, self._gate_threshold)
-        }
-        for key in [k for k in self._children if k[0] in gauges and k[1] == route]:
-            gauges[key[0]].remove(*key[1:])
-            del self._children[key]
+        gauges = (self._percent, self._stage, self._gate_value, self._gate_threshold)
+        self._child.forget_route(gauges, route)
 
     def _prime(self, routes: Iterable[str]) -> None:
         """Create every known series at zero so rates work from the first scrape."""
@@ -195,13 +192,6 @@ class Metrics:
             for verdict in Verdict:
                 self._child(self._comparisons, route, verdict.value)
             self._child(self._overhead, route)
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (id(metric), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
 
     def request(self, route: str, backend: str, status: int) -> None:
         self._child(self._requests, route, backend, status_class(status)).inc()
@@ -234,7 +224,7 @@ class Metrics:
             self._child(self._mismatch, route, path).inc()
 
     def rollout(self, route: str, stage: str, percent: float, stages: Iterable[str]) -> None:
-        if (id(self._percent), route) not in self._children:
+        if not self._child.has(self._percent, route):
             # A route under rollout can fall back: its fallback series start at zero,
             # so that rate() and increase() see the very first one.
             for reason in FallbackReason:

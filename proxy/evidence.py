@@ -17,7 +17,6 @@ from multidict import CIMultiDict
 
 from comparators import (
     Comparison,
-    ToolCallsComparator,
     Verdict,
 )
 from proxy.golden import Case
@@ -122,9 +121,7 @@ class Evidence:
         agent: Observation,
         window: EvidenceWindow | None,
     ) -> Comparison:
-        if live.usage is None and any(
-            isinstance(c, ToolCallsComparator) for c in route.comparators
-        ):
+        if live.usage is None and route.reads_tool_calls:
             live = live.with_usage(route.agent)  # legacy's actions, read like the agent's
         raw = await judge(route.comparators, live, agent, self._lane)
         learner = self.learner(route)

@@ -52,6 +52,7 @@ class CompiledRoute:
     noise: NoiseSettings = field(default_factory=NoiseSettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
     agent_samples: int = 1  # agent answers the comparators want per request (quorum)
+    reads_tool_calls: bool = False  # a tool_calls comparator: legacy's calls are read too
 
     def matches(self, method: str, path: str) -> bool:
         return (not self.methods or method in self.methods) and self.matches_path(path)
@@ -79,6 +80,7 @@ def compile_route(route: Route, settings: Settings) -> CompiledRoute:
         noise=route.noise,
         agent=route.agent,
         agent_samples=max((getattr(c, "agent_samples", 1) for c in built), default=1),
+        reads_tool_calls=any(isinstance(c, comparators.ToolCallsComparator) for c in built),
     )
 
 

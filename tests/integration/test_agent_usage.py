@@ -506,3 +506,26 @@ async def test_an_error_answer_is_not_counted_as_usage_missing(
     assert missing(proxy, mode="shadow") == 0
     duration = "gen_ai_client_operation_duration_seconds_count"
     assert total(proxy, duration, route=ROUTE, mode="shadow", error_type="4xx") == 1
+
+
+@pytest.mark.parametrize(
+    ("agent_tools", "verdict"),
+    [
+        ([FakeTool("lookup_order", '{"order": 7}')], "match"),
+        ([FakeTool("cancel", '{"order": 7}')], "mismatch"),
+    ],
+)
+async def test_a_tool_calls_comparator_reads_legacys_calls_like_the_agents(
+    make_proxy: ProxyFactory, aiohttp_server: Any, agent_tools: list[FakeTool], verdict: str
+) -> None:
+    """Legacy's answer is read for its tool calls too, so the same call agrees
+    and another tool is a mismatch (not every agent call counted as extra)."""
+    legacy = await start_agent(aiohttp_server, tools=[FakeTool("lookup_order", '{"order": 7}')])
+    agent = await start_agent(aiohttp_server, tools=agent_tools)
+    proxy = await make_proxy(**shadow_config(legacy, agent, compare=["tool_calls"]))
+    response = await proxy.client.post(
+        "/v1/chat/completions", json={"model": "m", "messages": MESSAGES}
+    )
+    assert response.status == 200
+    await proxy.settle()
+    assert proxy.verdict(verdict, route=ROUTE) == 1

@@ -16,7 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from test_cli import CLI, Running, start_cli
+from test_cli import Running, start_cli
+from test_replay_cli import cli
 
 from proxy.golden import Case, read_cases
 from proxy.recorder import PREFIX
@@ -96,26 +97,6 @@ def config(legacy: Chat, agent: Chat, recordings: Path) -> dict[str, Any]:
         "logging": {"format": "json"},
         "shutdown": {"drain_delay": "100ms", "timeout": "10s", "shadow_grace": "5s"},
     }
-
-
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-
-async def cli(*args: str | Path) -> Run:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_PROXY_")}
-    process = await asyncio.create_subprocess_exec(
-        CLI, *map(str, args), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    run = Run(process.returncode, out.decode(), err.decode())
-    assert "Traceback" not in run.stderr, run.stderr
-    return run
 
 
 def trace_id(n: int) -> str:

@@ -111,6 +111,7 @@ class Run:
 
 
 async def cli(*args: str | Path) -> Run:
+    """The real CLI as a user runs it (no SHADOW_PROXY_* from this shell); no traceback."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_PROXY_")}
     process = await asyncio.create_subprocess_exec(
         CLI, *map(str, args), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

@@ -21,7 +21,7 @@ from proxy.demo.rollout_view import render_rollout
 from proxy.demo.services import agent_app, legacy_app
 from proxy.demo.summary import Snapshot, render, snapshot
 from proxy.demo.traffic import TrafficStats, generate
-from proxy.server import ProxyServer
+from proxy.server import ProxyServer, settle_heap
 from proxy.settings import Settings
 
 
@@ -132,6 +132,7 @@ async def run_demo(
         print("hint: another process holds the port; try --port 0", file=sys.stderr)
         raise
     _banner(server, options, out)
+    settle_heap()
 
     stats = TrafficStats()
     traffic_stop = asyncio.Event()

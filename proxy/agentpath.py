@@ -99,7 +99,7 @@ class AgentPath:
 
     async def serve(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         route: CompiledRoute,
         rt: RouteRuntime,
         headers: CIMultiDict[str],
@@ -156,7 +156,7 @@ class AgentPath:
         self,
         route: CompiledRoute,
         rt: RouteRuntime,
-        request: web.Request,
+        request: web.BaseRequest,
         headers: CIMultiDict[str],
         trace: TraceContext,
         body: bytes,
@@ -218,7 +218,7 @@ class AgentPath:
         self,
         route: CompiledRoute,
         rt: RouteRuntime,
-        request: web.Request,
+        request: web.BaseRequest,
         headers: CIMultiDict[str],
         trace: TraceContext,
         body: bytes,
@@ -258,7 +258,7 @@ class AgentPath:
         self,
         upstream: Upstream,
         route: CompiledRoute,
-        request: web.Request,
+        request: web.BaseRequest,
         headers: CIMultiDict[str],
         trace: TraceContext,
         body: bytes,
@@ -309,7 +309,7 @@ class AgentPath:
 
     async def _streamed(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         route: CompiledRoute,
         rt: RouteRuntime,
         headers: CIMultiDict[str],
@@ -428,7 +428,7 @@ class AgentPath:
         self,
         route: CompiledRoute,
         rt: RouteRuntime,
-        request: web.Request,
+        request: web.BaseRequest,
         headers: CIMultiDict[str],
         trace: TraceContext,
         body: bytes,

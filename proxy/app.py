@@ -165,7 +165,7 @@ def create_app(
     app[CORE] = core or Core(settings, metrics)
     app[CONTROLLER] = app[CORE].controller
     app.cleanup_ctx.append(_runtime)
-    app.router.add_route("*", "/{tail:.*}", _handle, expect_handler=_expect)
+    app.router.add_route("*", "/{tail:.*}", _handle, expect_handler=_expect_in_dispatch)
     return app
 
 
@@ -173,11 +173,13 @@ CORE = web.AppKey("core", Core)
 
 
 async def _handle(request: web.Request) -> web.StreamResponse:
-    return await request.app[HANDLER](request)
+    """In-process test clients run the app itself: its router hands every request
+    to the same entry point the server uses (``proxy.runner``)."""
+    return await request.app[HANDLER].handle(request)
 
 
-async def _expect(request: web.Request) -> web.StreamResponse | None:
-    return await request.app[HANDLER].expect(request)
+async def _expect_in_dispatch(request: web.Request) -> None:
+    """``Expect`` is answered by ``LiveHandler.handle``, as when the server runs it."""
 
 
 @web.middleware
@@ -186,7 +188,7 @@ async def _unroutable(request: web.Request, handler: Handler) -> web.StreamRespo
     handler answers them (and refuses the tunnel), not a bare 404."""
     if request.match_info.http_exception is None:
         return await handler(request)
-    return await request.app[HANDLER](request)
+    return await _handle(request)
 
 
 async def _warm_semantic() -> None:

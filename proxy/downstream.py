@@ -15,7 +15,7 @@ class ClientGoneError(Exception):
     """The client closed its connection, or stopped reading, mid-exchange."""
 
 
-def cut_off(request: web.Request) -> None:
+def cut_off(request: web.BaseRequest) -> None:
     """Close the client connection so a truncated body cannot pass as complete."""
     if request.transport is not None:
         request.transport.close()

@@ -18,7 +18,7 @@ from time import perf_counter
 
 import aiohttp
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from proxy.agentpath import FALLBACK_REASON, SERVED_BY, AgentPath
@@ -64,7 +64,17 @@ class LiveHandler:
         self.send_timeout = send_timeout
         self.force_header = force_header
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """One request, as an aiohttp application would run it: ``Expect:
+        100-continue`` is answered (or refused) first, then it is served."""
+        if request.headers.get(hdrs.EXPECT):
+            refused = await self.expect(request)
+            await request.writer.drain()
+            if refused is not None:
+                return refused
+        return await self(request)
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         start = perf_counter()
         routing = self.routing
         route = self._admitted(request, routing.table)
@@ -106,7 +116,7 @@ class LiveHandler:
             if job is not None:
                 _abandon(job, "the live exchange ended without an answer")
 
-    async def expect(self, request: web.Request) -> web.StreamResponse | None:
+    async def expect(self, request: web.BaseRequest) -> web.StreamResponse | None:
         """``Expect: 100-continue``: a request refused on its head alone (a bad
         target, a body over the route's limit) is refused now, before the client
         sends a body for nothing; else the client is told to go on."""
@@ -122,7 +132,9 @@ class LiveHandler:
             request.writer.output_size = 0  # the response proper has not started
         return None
 
-    def _admitted(self, request: web.Request, table: RouteTable) -> CompiledRoute | web.Response:
+    def _admitted(
+        self, request: web.BaseRequest, table: RouteTable
+    ) -> CompiledRoute | web.Response:
         """The request's route, or the refusal its head alone earns: a target
         no backend may see, or a declared body over the route's limit."""
         refused = self._refused(request, table)
@@ -134,7 +146,7 @@ class LiveHandler:
             return self._too_large(route)
         return route
 
-    def _refused(self, request: web.Request, table: RouteTable) -> web.Response | None:
+    def _refused(self, request: web.BaseRequest, table: RouteTable) -> web.Response | None:
         """The proxy's own answer to what no backend may see (proxy/target.py).
         The connection closes after a refusal: what follows on it is not to be
         trusted (and after CONNECT the parser reads no more requests)."""
@@ -160,7 +172,7 @@ class LiveHandler:
 
     def _agent_serves(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         runtime: RouteRuntime,
         headers: CIMultiDict[str],
         forced: str | None,
@@ -173,7 +185,7 @@ class LiveHandler:
         share = runtime.percent
         return share > 0 and runtime.splitter.chosen(share, headers, request.query, request.remote)
 
-    def _forced(self, request: web.Request) -> str | None:
+    def _forced(self, request: web.BaseRequest) -> str | None:
         if self.force_header is None:
             return None
         value = request.headers.get(self.force_header, "").strip().lower()
@@ -181,7 +193,7 @@ class LiveHandler:
 
     async def _serve_agent(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         route: CompiledRoute,
         runtime: RouteRuntime,
         headers: CIMultiDict[str],
@@ -219,7 +231,7 @@ class LiveHandler:
 
     async def _forward(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         route: CompiledRoute,
         headers: CIMultiDict[str],
         trace: TraceContext,
@@ -246,7 +258,7 @@ class LiveHandler:
 
     async def _exchange(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         route: CompiledRoute,
         headers: CIMultiDict[str],
         body: bytes | AsyncIterator[bytes] | None,
@@ -304,7 +316,7 @@ class LiveHandler:
 
     def _legacy_failed(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         route: CompiledRoute,
         exc: BaseException,
         job: ShadowJob | None,
@@ -334,7 +346,7 @@ class LiveHandler:
         return self._reject(route, 413, "payload_too_large", reason, "body_too_large")
 
 
-def _route(request: web.Request, table: RouteTable) -> CompiledRoute:
+def _route(request: web.BaseRequest, table: RouteTable) -> CompiledRoute:
     keep = table.keep_escaped_slashes
     return table.match(
         request.method, routing_path(request.raw_path, request.path, keep_escaped_slashes=keep)

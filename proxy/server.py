@@ -23,6 +23,7 @@ from proxy.errors import ConfigError
 from proxy.logs import bounded
 from proxy.metrics import Metrics
 from proxy.redaction import Redactor
+from proxy.runner import ProxyRunner
 from proxy.settings import UNMATCHED_ROUTE, Settings
 
 log = structlog.get_logger("proxy.server")
@@ -54,7 +55,7 @@ class MalformedRequests(logging.Filter):
         return True
 
 
-def _url(runner: web.AppRunner) -> str:
+def _url(runner: web.BaseRunner) -> str:
     host, port = runner.addresses[0][:2]
     host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     return f"http://{host}:{port}"
@@ -71,10 +72,9 @@ class ProxyServer:
         self.metrics = metrics or build_metrics(settings, process=True)
         self.health = Health()
         self.core = Core(settings, self.metrics, config_path)
-        self._proxy = web.AppRunner(
+        self._proxy = ProxyRunner(
             create_app(settings, self.metrics, self.health, self.core),
             access_log=None,
-            handle_signals=False,
             shutdown_timeout=settings.shutdown.timeout,
             # A client that hangs up cancels its handler, which closes the
             # legacy exchange at once instead of streaming into the void.

@@ -218,10 +218,9 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
     evidence = Evidence(metrics, settings.logging, redactor, recorder, core.learners, tracing)
     if agent is not None:
         await agent.start()
-        live_wait = settings.backends.legacy.timeout + settings.listen.send_timeout
         routes = core.routing.table.routes
         shadow = core.shadow = Shadow(
-            agent, settings.shadow, evidence, metrics, tasks, routes, live_wait, tracing, legacy
+            agent, settings.shadow, evidence, metrics, tasks, routes, tracing, legacy
         )
         agent_path = AgentPath(
             agent,

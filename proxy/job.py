@@ -1,9 +1,11 @@
 """One admitted mirror: what the live handler hands the shadow task, and the
-bytes it holds for comparison against the shared budget."""
+bytes it holds for comparison against the shared budget.
+
+The task starts once the live exchange has ended (``Shadow.launch``), so both
+of its inputs are known by then: it never waits on the client's clock."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 from multidict import CIMultiDict
@@ -17,7 +19,7 @@ from proxy.types import Observation, ShadowOutcome
 
 @dataclass(slots=True)
 class ShadowJob:
-    """One admitted mirror; the live handler fills in the two futures."""
+    """One admitted mirror; the live handler fills in ``body`` and ``live``."""
 
     route: CompiledRoute
     method: str
@@ -27,9 +29,9 @@ class ShadowJob:
     legacy_headers: CIMultiDict[str] | None
     request_id: str
     trace: TraceContext  # the request's trace; the agent call gets its own span id
-    body: asyncio.Future[bytes | ShadowOutcome]  # the captured request body, or why not
-    live: asyncio.Future[Observation]
     budget: CaptureBudget
+    body: bytes | ShadowOutcome | None = None  # the captured request body, or why not
+    live: Observation | None = None  # legacy's answer (or why there is none)
     runtime: RouteRuntime | None = None  # the route's breaker and evidence window
     held: int = 0  # bytes taken from the budget, given back when the job ends
     reserved: float | None = None  # tokens reserved from the route's budget, until settled

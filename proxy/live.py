@@ -109,12 +109,13 @@ class LiveHandler:
         if request.body_exists:
             body = _request_body(request.content, route.body_limit, job)
         elif job is not None:
-            job.body.set_result(b"")
+            job.body = b""
         try:
             return await self._forward(request, route, headers, trace, body, job, start)
         finally:
-            if job is not None:
+            if job is not None and self.shadow is not None:
                 _abandon(job, "the live exchange ended without an answer")
+                self.shadow.launch(job)  # the client has its answer: the agent's turn
 
     async def expect(self, request: web.BaseRequest) -> web.StreamResponse | None:
         """``Expect: 100-continue``: a request refused on its head alone (a bad
@@ -435,23 +436,20 @@ async def _pump(
 
 
 def _observe(job: ShadowJob | None, up: Call, body: bytes | None, sent: float) -> None:
-    if job is not None and not job.live.done():
-        observation = Observation(
-            LEGACY, up.status, lowered(up.headers), body, perf_counter() - sent
-        )
-        job.live.set_result(observation)
+    if job is not None and job.live is None:
+        job.live = Observation(LEGACY, up.status, lowered(up.headers), body, perf_counter() - sent)
 
 
 def _give_body(job: ShadowJob, body: bytes | ShadowOutcome) -> None:
-    if not job.body.done():
-        job.body.set_result(body)
+    if job.body is None:
+        job.body = body
 
 
 def _abandon(job: ShadowJob, reason: str) -> None:
     """The live exchange ended without an answer to compare against."""
     _give_body(job, ShadowOutcome.CANCELLED)
-    if not job.live.done():
-        job.live.set_result(Observation(LEGACY, error=reason))
+    if job.live is None:
+        job.live = Observation(LEGACY, error=reason)
 
 
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:

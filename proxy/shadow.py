@@ -17,7 +17,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from time import perf_counter
-from typing import TypeVar
 
 import structlog
 from asyncio_throttle.throttler import Throttler
@@ -37,8 +36,6 @@ from proxy.tracecontext import TraceContext
 from proxy.tracing import Tracing
 from proxy.types import AGENT, LEGACY, Mode, Observation, ShadowOutcome
 from proxy.upstream import Upstream
-
-T = TypeVar("T")
 
 log = structlog.get_logger("proxy.shadow")
 
@@ -75,16 +72,12 @@ class Shadow:
         metrics: Metrics,
         tasks: TaskSet,
         routes: Sequence[CompiledRoute],
-        live_wait: float,
         tracing: Tracing | None = None,
         legacy: Upstream | None = None,
     ) -> None:
-        """``live_wait`` bounds how long a job waits for the live side (its
-        request body and its answer), so a stalled client cannot hold a slot."""
         self.agent = agent
         self._tracing = tracing or Tracing()
         self._legacy = legacy  # asked twice for noise learning only
-        self._live_wait = live_wait
         self.settings = settings
         self.capture_limit = settings.capture_limit
         self._evidence = evidence
@@ -156,7 +149,6 @@ class Shadow:
         request_id = upstream_headers.get(REQUEST_ID)
         if request_id is None:  # both backends see the same id, so their logs join
             request_id = upstream_headers[REQUEST_ID] = f"{random.getrandbits(64):016x}"
-        loop = asyncio.get_running_loop()
         job = ShadowJob(
             route=route,
             method=method,
@@ -167,19 +159,22 @@ class Shadow:
             legacy_headers=CIMultiDict(upstream_headers) if self._keeps(route) else None,
             request_id=request_id,
             trace=trace,
-            body=loop.create_future(),
-            live=loop.create_future(),
             budget=self.budget,
             runtime=runtime,
             reserved=reserved,
         )
-        self.in_flight += 1
+        self.in_flight += 1  # the slot is held from here until its task ends
         self._metrics.shadow_in_flight.set(self.in_flight)
-        task = self._tasks.spawn(self._run(job), name=f"shadow:{name}")
+        return job
+
+    def launch(self, job: ShadowJob) -> None:
+        """Start an admitted job once its live exchange has ended, whatever the
+        end: the agent is called, and the comparison made, never while the
+        client still waits (and with nothing left to wait for)."""
+        task = self._tasks.spawn(self._run(job), name=f"shadow:{job.route.name}")
         # A callback, not a finally: a task cancelled before it ever ran
         # (at shutdown) must still give its slot back and be counted.
         task.add_done_callback(lambda t: self._finished(job, t))
-        return job
 
     def _finished(self, job: ShadowJob, task: asyncio.Task[None]) -> None:
         self.in_flight -= 1
@@ -193,19 +188,12 @@ class Shadow:
 
     async def _run(self, job: ShadowJob) -> None:
         name = job.route.name
-        deadline = asyncio.get_running_loop().time() + self._live_wait
-        body = await _within(job.body, deadline)
-        if body is None:
-            body = ShadowOutcome.CANCELLED
+        body, live = job.body, job.live  # both set by the live exchange before launch
+        if body is None or live is None:  # not reached: launch follows _abandon
+            body, live = ShadowOutcome.CANCELLED, Observation(LEGACY, error="no live answer")
         if isinstance(body, ShadowOutcome):
             self._metrics.shadow(name, body)
             return
-        # The agent is called once legacy has answered: its request, its
-        # response and the comparison then never take the loop from a live
-        # exchange still in progress (shadow work stays off the client's clock).
-        live = await _within(job.live, deadline)
-        if live is None:
-            live = Observation(LEGACY, error=f"still running after {self._live_wait:g}s")
         exchange = Exchange(
             name, job.request_id, job.trace.trace_id, job.method, job.raw_path, LEGACY,
             job.legacy_headers or {}, body, job.trace,
@@ -352,17 +340,6 @@ class Shadow:
     def _agent_result(self, job: ShadowJob, ok: bool, latency: float | None) -> None:
         if job.runtime is not None:  # the breaker and the gates count it
             job.runtime.agent_result(ok, latency, time.monotonic(), Mode.SHADOW, self._metrics)
-
-
-async def _within(future: asyncio.Future[T], deadline: float) -> T | None:
-    """The future's result, or None past the deadline (no timer when it is done)."""
-    if future.done():
-        return future.result()
-    try:
-        async with asyncio.timeout_at(deadline):
-            return await future
-    except TimeoutError:
-        return None
 
 
 _NOT_KEPT = {

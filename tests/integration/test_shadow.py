@@ -14,8 +14,6 @@ from conftest import ProxyFactory
 from fakes import Fake, dead_url, stalled_client
 from structlog.testing import capture_logs
 
-from proxy.app import TASKS
-
 
 def config(legacy: Fake, agent: Fake | str, **route: Any) -> dict[str, Any]:
     shadow = {"enabled": True, **route.pop("shadow", {})}
@@ -303,8 +301,8 @@ async def test_a_client_that_stops_reading_gives_back_its_shadow_slot(
     proxy = await make_proxy(**cfg)
     async with stalled_client(proxy.client.port, "/download?mb=32"):
         async with asyncio.timeout(10):
-            await legacy.arrived.wait()  # the shadow task exists from here on
-            await proxy.client.app[TASKS].join()
+            await legacy.arrived.wait()
+            await proxy.settle()  # the live exchange was cut, and its shadow task ended
         assert proxy.value("shadow_proxy_rejected_requests_total", reason="client_gone") == 1
         assert proxy.value("shadow_proxy_upstream_errors_total", backend="legacy") == 0
         assert proxy.verdict("skipped") == 1  # nothing complete to compare with

@@ -4,8 +4,6 @@ whole, never kept in part."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from multidict import CIMultiDict
 
@@ -126,7 +124,6 @@ async def test_a_job_that_has_ended_holds_nothing_more_and_gives_nothing_back_tw
     """Its task gave back all it held on ending; a copy still streaming for it
     (the live side outlasting the job) must neither take bytes nobody would
     return nor return bytes a second time."""
-    loop = asyncio.get_running_loop()
     budget = CaptureBudget(100)
     job = ShadowJob(
         route=unmatched_route(settings_from({"backends": {"legacy": {"url": "http://x:1"}}})),
@@ -136,8 +133,6 @@ async def test_a_job_that_has_ended_holds_nothing_more_and_gives_nothing_back_tw
         legacy_headers=CIMultiDict(),
         request_id="r",
         trace=TraceContext.new(),
-        body=loop.create_future(),
-        live=loop.create_future(),
         budget=budget,
     )
     capture = BodyCapture(1000, job.hold, job.release)

@@ -304,10 +304,16 @@ def _loads(payload: bytes) -> Any:
         return None
 
 
+# Every value auto-detection recognizes starts with one of these, quoted: the
+# objects "chat.completion", "chat.completion.chunk" and "response", the types
+# "response.*", "message" and "message_*" (an Anthropic stream begins with one).
+_FORMAT_MARKERS = (b'"chat.completion', b'"response', b'"message')
+
+
 def read_usage(settings: AgentSettings, content_type: str | None, body: bytes) -> Usage | None:
     """The usage in a whole body (a recorded, replayed or captured answer)."""
-    if settings.format is AgentFormat.AUTO and b'"object"' not in body and b'"type"' not in body:
-        return None  # no key that detection reads: no known format, and nothing parsed
+    if settings.format is AgentFormat.AUTO and not any(m in body for m in _FORMAT_MARKERS):
+        return None  # no value that detection looks for: no known format, and nothing parsed
     reader = UsageReader(settings, content_type, max(len(body) + 1, 1 << 20))
     reader.feed(body)
     return reader.finish()

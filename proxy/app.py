@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
@@ -28,7 +29,6 @@ from proxy.agentpath import AgentPath
 from proxy.analysis import PrometheusAnalysis
 from proxy.controller import Controller
 from proxy.evidence import Evidence
-from proxy.fleet import Fleet
 from proxy.live import LiveHandler
 from proxy.metrics import Metrics
 from proxy.noise import NoiseLearner
@@ -42,6 +42,9 @@ from proxy.tasks import TaskSet
 from proxy.tracing import Tracing
 from proxy.types import AGENT, LEGACY
 from proxy.upstream import Upstream
+
+if TYPE_CHECKING:
+    from proxy.fleet import Fleet
 
 log = structlog.get_logger("proxy.app")
 
@@ -121,6 +124,8 @@ class Core:
             metrics.fleet_leader.set(1)
             metrics.fleet_connected.set(1)
         else:
+            from proxy.fleet import Fleet  # Redis' client (~8 MB) only for a fleet
+
             self.fleet = Fleet(settings.redis, lambda: self.routing, metrics, self.controller.adopt)
             self.controller.coordination = self.fleet
         self.handler: LiveHandler | None = None

@@ -33,10 +33,10 @@ from proxy.live import LiveHandler
 from proxy.metrics import Metrics
 from proxy.noise import NoiseLearner
 from proxy.recorder import Recorder
-from proxy.reload import ConfigWatcher
+from proxy.reload import ConfigWatcher, Loader
 from proxy.routes import RouteTable
 from proxy.routing import Routing
-from proxy.settings import Settings
+from proxy.settings import Settings, load_settings
 from proxy.shadow import Shadow
 from proxy.tasks import TaskSet
 from proxy.tracing import Tracing
@@ -109,11 +109,16 @@ class Core:
     app runs) the live handler and shadow path that a reload reconfigures."""
 
     def __init__(
-        self, settings: Settings, metrics: Metrics, config_path: Path | None = None
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        config_path: Path | None = None,
+        load: Loader = load_settings,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.config_path = config_path
+        self.load = load  # how a reload reads config_path (a worker's takes its share)
         self.routing = load_routing(settings)
         local = settings.coordination == "local"
         analysis = PrometheusAnalysis(settings.prometheus) if settings.analysis != "local" else None
@@ -260,7 +265,9 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         services.append(loop.create_task(core.fleet.run(stop), name="fleet"))
     services.append(loop.create_task(core.controller.run(stop), name="rollout-controller"))
     if core.config_path is not None:
-        watcher = ConfigWatcher(core.config_path, settings.reload_interval, core.apply, metrics)
+        watcher = ConfigWatcher(
+            core.config_path, settings.reload_interval, core.apply, metrics, core.load
+        )
         services.append(loop.create_task(watcher.run(stop), name="config-watcher"))
     warming = None
     routes = core.routing.table.routes

@@ -24,8 +24,11 @@ from proxy.errors import ConfigError
 from proxy.golden import Case, CaseError, read_cases
 from proxy.server import serve
 from proxy.settings import Settings, load_settings
+from proxy.workerconfig import WorkerSpec, loader, local_rollout_problems
+from proxy.workers import WorkerStartError, supervise
 
 EXIT_CONFIG = 2
+MAX_WORKERS = 64
 # The demo's own configs ship inside the package, so an installed wheel (and the
 # image) can run `shadow-proxy demo` too.
 DEMO_CONFIG = Path(__file__).resolve().parent / "demo" / "demo.yaml"
@@ -41,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the proxy")
     run.add_argument("--config", required=True, type=Path, metavar="FILE")
+    run.add_argument("--workers", type=_workers, default=1, metavar="N",
+                     help=f"processes sharing the port (1-{MAX_WORKERS}, default 1)")  # fmt: skip
+    # Set by the supervisor for each worker it starts; not for users.
+    run.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--worker-port", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--worker-socket", type=Path, help=argparse.SUPPRESS)
 
     check = sub.add_parser("check-config", help="validate a config file and print it normalized")
     check.add_argument("file", type=Path, metavar="FILE")
@@ -113,6 +122,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number of worker processes from 1 to {MAX_WORKERS}"
+        )
+    return value
+
+
 def _http_url(text: str) -> str:
     url = URL(text)
     if url.scheme not in ("http", "https") or not url.host:
@@ -167,15 +188,52 @@ def run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> Non
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.worker_index is not None:
+        return _run_worker(args)
     settings = _load(args.config)
+    if args.workers > 1:
+        problems = local_rollout_problems(settings, args.workers)
+        if problems:
+            _print_problems(ConfigError(str(args.config), problems))
+            return EXIT_CONFIG
     logs.configure(settings.logging, redactor=settings.redaction.redactor())
     try:
-        run_async(lambda stop: serve(settings, stop, args.config))
+        if args.workers > 1:
+            run_async(lambda stop: supervise(settings, stop, args.config, args.workers))
+        else:
+            run_async(lambda stop: serve(settings, stop, args.config))
     except ConfigError as exc:
         _print_problems(exc)
         return EXIT_CONFIG
     except OSError as exc:
         print(f"error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except WorkerStartError as exc:
+        print(f"error: {exc}; its error is above", file=sys.stderr)
+        return exc.code
+    return 0
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    """One of the processes ``run --workers N`` starts (proxy/workers.py)."""
+    if args.worker_port is None or args.worker_socket is None:
+        print("error: --worker-index is for the processes run --workers starts", file=sys.stderr)
+        return EXIT_CONFIG
+    spec = WorkerSpec(args.worker_index, args.workers, args.worker_port, args.worker_socket)
+    try:
+        settings = loader(spec)(args.config)
+    except ConfigError as exc:
+        _print_problems(exc)
+        return EXIT_CONFIG
+    redactor = settings.redaction.redactor()
+    logs.configure(settings.logging, redactor=redactor, fields={"worker": spec.index})
+    try:
+        run_async(lambda stop: serve(settings, stop, args.config, spec))
+    except ConfigError as exc:
+        _print_problems(exc)
+        return EXIT_CONFIG
+    except OSError as exc:
+        print(f"error: worker {spec.index} cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0
 

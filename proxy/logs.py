@@ -25,9 +25,11 @@ def configure(
     settings: LoggingSettings,
     stream: TextIO | None = None,
     redactor: Redactor | None = None,
+    fields: dict[str, Any] | None = None,
 ) -> None:
     """structlog events and standard-library records (aiohttp's, asyncio's) alike
-    become one line each on ``stream``, redacted last before rendering."""
+    become one line each on ``stream``, redacted last before rendering.
+    ``fields`` go on every line (a worker's ``worker=<index>``)."""
     stream = stream or sys.stdout
     redactor = redactor or Redactor()
     fmt = settings.format
@@ -43,6 +45,8 @@ def configure(
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    if fields:
+        shared.append(_Fields(fields))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -52,7 +56,10 @@ def configure(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        # One write per line (PrintLogger writes the newline apart): under
+        # `run --workers N` the processes share stdout, and a pipe keeps a
+        # write of up to 4 KiB whole, so their lines never interleave.
+        logger_factory=structlog.WriteLoggerFactory(stream),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(stream)
@@ -76,6 +83,16 @@ def configure(
     root.handlers[:] = [handler]
     logging.captureWarnings(True)  # Python warnings too go through the redactor
     root.setLevel(max(level, logging.INFO))  # aiohttp's debug chatter stays out
+
+
+class _Fields:
+    """A processor adding the same key/values to every event."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self._fields = dict(fields)
+
+    def __call__(self, logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
+        return {**self._fields, **event}
 
 
 # Redaction sees this much past the limit, so a secret the cut would split

@@ -23,6 +23,7 @@ from proxy.settings import Settings, load_settings
 log = structlog.get_logger("proxy.reload")
 
 Fingerprint = tuple[str, int, int, int, int] | None
+Loader = Callable[[Path], Settings]  # a file's settings, or ConfigError
 
 
 def fingerprint(path: Path) -> Fingerprint:
@@ -40,11 +41,15 @@ class ConfigWatcher:
         interval: float,
         apply: Callable[[Settings], list[str]],
         metrics: Metrics,
+        load: Loader = load_settings,
     ) -> None:
+        """``load``: how the file becomes settings; a worker under ``run --workers``
+        passes its own, which divides budgets and refuses what N workers cannot run."""
         self.path = path
         self.interval = interval
         self._apply = apply
         self._metrics = metrics
+        self._load = load
         self._seen = fingerprint(path)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -61,7 +66,7 @@ class ConfigWatcher:
             return False
         self._seen = now
         try:
-            settings = load_settings(self.path)
+            settings = self._load(self.path)
         except ConfigError as exc:
             self._metrics.reload("rejected")
             log.error("config_rejected", path=str(self.path), problems=exc.problems)

@@ -9,14 +9,17 @@ last so the drain can still be scraped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import sys
 from pathlib import Path
 
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from proxy import workerconfig
 from proxy.admin import Health, create_admin_app
 from proxy.app import Core, build_metrics, create_app
 from proxy.errors import ConfigError
@@ -24,7 +27,8 @@ from proxy.logs import bounded
 from proxy.metrics import Metrics
 from proxy.redaction import Redactor
 from proxy.runner import ProxyRunner
-from proxy.settings import UNMATCHED_ROUTE, Settings
+from proxy.settings import UNMATCHED_ROUTE, Settings, load_settings
+from proxy.workerconfig import WorkerSpec
 
 log = structlog.get_logger("proxy.server")
 GC_FIRST_THRESHOLD = 10_000  # allocations between first-generation collections (default 700)
@@ -55,10 +59,15 @@ class MalformedRequests(logging.Filter):
         return True
 
 
+def public_url(host: str, port: int) -> str:
+    """The URL a client on this machine uses for a listener on ``host:port``."""
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{host}:{port}"
+
+
 def _url(runner: web.BaseRunner) -> str:
     host, port = runner.addresses[0][:2]
-    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    return f"http://{host}:{port}"
+    return public_url(host, port)
 
 
 class ProxyServer:
@@ -67,11 +76,17 @@ class ProxyServer:
         settings: Settings,
         metrics: Metrics | None = None,
         config_path: Path | None = None,
+        worker: WorkerSpec | None = None,
     ) -> None:
+        """``worker``: one of several processes behind one port (``run --workers``):
+        its listener shares the port (SO_REUSEPORT), its admin app listens on the
+        worker's unix socket, and a reloaded config becomes this worker's share."""
         self.settings = settings
+        self.worker = worker
         self.metrics = metrics or build_metrics(settings, process=True)
         self.health = Health()
-        self.core = Core(settings, self.metrics, config_path)
+        load = load_settings if worker is None else workerconfig.loader(worker)
+        self.core = Core(settings, self.metrics, config_path, load)
         self._proxy = ProxyRunner(
             create_app(settings, self.metrics, self.health, self.core),
             access_log=None,
@@ -98,18 +113,30 @@ class ProxyServer:
     async def start(self) -> None:
         """Bind both listeners; on failure (a port in use) release what was opened."""
         s = self.settings
+        shared = self.worker is not None
         try:
             await self._admin.setup()
-            await web.TCPSite(self._admin, s.admin.host, s.admin.port, reuse_address=True).start()
+            if self.worker is not None:
+                await web.UnixSite(self._admin, str(self.worker.socket)).start()
+            else:
+                host, port = s.admin.host, s.admin.port
+                await web.TCPSite(self._admin, host, port, reuse_address=True).start()
             await self._proxy.setup()
-            await web.TCPSite(self._proxy, s.listen.host, s.listen.port, reuse_address=True).start()
+            await web.TCPSite(
+                self._proxy, s.listen.host, s.listen.port, reuse_address=True, reuse_port=shared
+            ).start()
         except OSError:
             await self._proxy.cleanup()
             await self._admin.cleanup()
             raise
         AIOHTTP_SERVER.addFilter(self._malformed)
-        self.proxy_url, self.admin_url = _url(self._proxy), _url(self._admin)
-        log.info("listening", proxy=self.proxy_url, admin=self.admin_url)
+        self.proxy_url = _url(self._proxy)
+        if self.worker is None:
+            self.admin_url = _url(self._admin)
+            log.info("listening", proxy=self.proxy_url, admin=self.admin_url)
+        else:  # the supervisor logs `listening` once every worker is ready
+            self.admin_url = f"unix:{self.worker.socket}"
+            log.info("worker_listening", proxy=self.proxy_url, admin=self.admin_url)
 
     async def stop(self) -> None:
         self.health.draining = True
@@ -121,6 +148,10 @@ class ProxyServer:
             await self._admin.cleanup()
         finally:
             AIOHTTP_SERVER.removeFilter(self._malformed)
+        if self.worker is not None:  # the supervisor removes the directory, unless it is gone
+            self.worker.socket.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # not empty: other workers still run
+                self.worker.socket.parent.rmdir()
         log.info("stopped")
 
 
@@ -141,12 +172,39 @@ def settle_heap() -> None:
     gc.set_threshold(GC_FIRST_THRESHOLD, second, third)
 
 
-async def serve(settings: Settings, stop: asyncio.Event, config_path: Path | None = None) -> None:
-    """Run until ``stop`` is set, then drain; reload ``config_path`` when it changes."""
-    server = ProxyServer(settings, config_path=config_path)
+async def serve(
+    settings: Settings,
+    stop: asyncio.Event,
+    config_path: Path | None = None,
+    worker: WorkerSpec | None = None,
+) -> None:
+    """Run until ``stop`` is set, then drain; reload ``config_path`` when it changes.
+    A worker also stops when its supervisor is gone."""
+    server = ProxyServer(settings, config_path=config_path, worker=worker)
     await server.start()
     settle_heap()
+    orphaned = None
+    if worker is not None:
+        orphaned = asyncio.get_running_loop().create_task(_stop_when_orphaned(stop))
     try:
         await stop.wait()
     finally:
+        if orphaned is not None:
+            orphaned.cancel()
         await server.stop()
+
+
+async def _stop_when_orphaned(stop: asyncio.Event) -> None:
+    """Set ``stop`` once the supervisor is gone, even by SIGKILL: a worker must
+    not hold the port on its own. The supervisor holds the write end of the
+    worker's stdin and never writes; the kernel closes it when the supervisor
+    exits, and the worker reads end-of-file."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    pipe, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    try:
+        await reader.read()
+    finally:
+        pipe.close()
+    log.warning("supervisor_gone")
+    stop.set()

@@ -78,6 +78,7 @@ MATRIX: dict[str, dict[str, Any]] = {
     "recording-claim": merged(
         SIDECAR, replicaCount=1, recording={"enabled": True, "existingClaim": "cases"}
     ),
+    "workers": merged(SIDECAR, proxy={"workers": 4}, config=rollout_config(mode="manual")),
     "local-auto-allowed": merged(
         STANDALONE,
         autoscaling={"enabled": True},

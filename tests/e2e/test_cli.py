@@ -75,11 +75,17 @@ def test_check_config_names_each_bad_field_and_exits_2(tmp_path: Path) -> None:
 class Running:
     """A ``shadow-proxy run`` subprocess and the URLs it logged."""
 
-    def __init__(self, process: asyncio.subprocess.Process, proxy: str, admin: str) -> None:
+    def __init__(
+        self,
+        process: asyncio.subprocess.Process,
+        proxy: str,
+        admin: str,
+        events: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.process = process
         self.proxy = proxy
         self.admin = admin
-        self.events: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = events or []  # from the start, `listening` included
 
     async def read_events(self) -> None:
         assert self.process.stdout is not None
@@ -93,22 +99,26 @@ class Running:
 
 
 async def start_cli(
-    config: dict[str, Any], tmp_path: Path, *, stderr: int | None = None
+    config: dict[str, Any], tmp_path: Path, *args: str, stderr: int | None = None
 ) -> Running:
-    """``stderr=asyncio.subprocess.PIPE`` keeps it for the test to read."""
+    """``shadow-proxy run --config FILE [args...]``; ``stderr=asyncio.subprocess.PIPE``
+    keeps it for the test to read."""
     path = tmp_path / "proxy.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_PROXY_")}
     process = await asyncio.create_subprocess_exec(
-        CLI, "run", "--config", str(path), stdout=asyncio.subprocess.PIPE, stderr=stderr, env=env
-    )
+        CLI, "run", "--config", str(path), *args,
+        stdout=asyncio.subprocess.PIPE, stderr=stderr, env=env,
+    )  # fmt: skip
     assert process.stdout is not None
+    events = []
     while True:
         line = await asyncio.wait_for(process.stdout.readline(), timeout=20)
         assert line, "shadow-proxy exited before listening"
         event = json.loads(line)
+        events.append(event)
         if event["event"] == "listening":
-            return Running(process, event["proxy"], event["admin"])
+            return Running(process, event["proxy"], event["admin"], events)
 
 
 @pytest.fixture

@@ -268,6 +268,7 @@ and every pod reloads it) and fleet.coordination=redis are fine;
 fleet.allowLocalAutoRollout=true accepts per-pod rollouts on purpose.
 */}}
 {{- define "shadow-proxy.fleetCheck" -}}
+{{- include "shadow-proxy.workersCheck" . }}
 {{- $many := or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1) }}
 {{- if and $many (eq .Values.fleet.coordination "local") (not .Values.fleet.allowLocalAutoRollout) }}
 {{- $cfg := include "shadow-proxy.config" . | fromYaml }}
@@ -290,6 +291,27 @@ fleet.allowLocalAutoRollout=true accepts per-pod rollouts on purpose.
 {{- $which = printf "routes %s roll" (join ", " $auto) }}
 {{- end }}
 {{- fail (printf "%s and %s out in auto mode with fleet.coordination=local: each pod would run its own rollout on its own traffic, and the pods would drift apart (one at 50%% while another rolls back). Set fleet.coordination=redis and fleet.redis.url for one rollout across the pods; or use rollout.mode=manual, or replicaCount=1; or set fleet.allowLocalAutoRollout=true to accept one rollout per pod." $why $which) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The same rule inside one pod: with proxy.workers > 1 and local coordination,
+each worker would run its own rollout on its share of the traffic, and the
+proxy refuses to start. No override: fail here, not in a crash loop.
+*/}}
+{{- define "shadow-proxy.workersCheck" -}}
+{{- $workers := int (.Values.proxy.workers | default 1) }}
+{{- if and (gt $workers 1) (eq .Values.fleet.coordination "local") }}
+{{- $cfg := include "shadow-proxy.config" . | fromYaml }}
+{{- $auto := list }}
+{{- range ($cfg.routes | default list) }}
+{{- if and (kindIs "map" .rollout) (ne (get .rollout "mode" | default "auto") "manual") }}
+{{- $auto = append $auto .name }}
+{{- end }}
+{{- end }}
+{{- if $auto }}
+{{- fail (printf "proxy.workers is %d and route %s rolls out in auto mode with fleet.coordination=local: each worker would run its own rollout on its own share of the traffic, and the proxy refuses to start. Set fleet.coordination=redis and fleet.redis.url, or use rollout.mode=manual, or proxy.workers=1." $workers (join ", " $auto)) }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -323,7 +345,8 @@ a dependency, to put the proxy into the parent's own pod:
 - name: shadow-proxy
   image: {{ include "shadow-proxy.image" . }}
   imagePullPolicy: {{ .Values.image.pullPolicy }}
-  args: ["run", "--config", "/etc/shadow-proxy/proxy.yaml"]
+  {{- $workers := int (.Values.proxy.workers | default 1) }}
+  args: ["run", "--config", "/etc/shadow-proxy/proxy.yaml"{{ if gt $workers 1 }}, "--workers", "{{ $workers }}"{{ end }}]
   ports:
     - name: http
       containerPort: {{ .Values.proxy.port }}

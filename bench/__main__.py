@@ -15,7 +15,7 @@ from bench.backends import running_backends
 from bench.load import LoadError
 from bench.measure import LoadOptions
 from bench.nginxconf import ECHO_MODULE, nginx_binary
-from bench.peers import PEERS
+from bench.peers import PEERS, SHADOW_PROXY_WORKERS
 from bench.procs import StartError
 from bench.report import Report
 from bench.scenarios import BY_NAME, SCENARIOS, ScenarioResult, run_scenario
@@ -46,6 +46,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=PEERS,
         metavar="NAME",
         help=f"peers to run (default all): {', '.join(PEERS)}",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="worker processes of the shadow-proxy-workers peer (2; below 2: no such peer)",
     )
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (32)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (1)")
@@ -103,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         names.insert(0, "passthrough")
     scenarios = [s for s in SCENARIOS if s.name in names]
     peers = [p for p in PEERS if not args.peer or p in args.peer]
+    if args.workers < 2:
+        peers = [p for p in peers if p != SHADOW_PROXY_WORKERS]
     options = LoadOptions(args.duration, args.connections, args.threads, args.rate, args.streams)
     results: list[ScenarioResult] = []
     try:
@@ -114,7 +122,14 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{scenario.title}", flush=True)
                     results.append(
                         run_scenario(
-                            scenario, backends, root, peers, options, args.repeat, args.warmup
+                            scenario,
+                            backends,
+                            root,
+                            peers,
+                            options,
+                            args.repeat,
+                            args.warmup,
+                            workers=args.workers,
                         )
                     )
     except KeyboardInterrupt:

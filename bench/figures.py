@@ -1,6 +1,7 @@
 """The figures reported for each peer of a scenario, derived from the medians:
 latency added over direct, the share of the peer's own passthrough, and the
-ratios shadow-proxy / Envoy and shadow-proxy / nginx.
+ratios shadow-proxy / Envoy and shadow-proxy / nginx (and for shadow-proxy
+with several workers, / Envoy).
 
 Latencies here are in milliseconds; ``None`` means "not measured here".
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from bench.peers import DIRECT, ENVOY, NGINX, SHADOW_PROXY
+from bench.peers import DIRECT, ENVOY, NGINX, SHADOW_PROXY, SHADOW_PROXY_WORKERS
 from bench.scenarios import LATENCY_KINDS, ScenarioResult, Summary
 from bench.stats import minus, ratio
 
@@ -23,7 +24,7 @@ RATIO_KEYS = (
     "cpu_s_per_1k",
     "peak_rss_mb",
 )
-PAIRS = ((SHADOW_PROXY, ENVOY), (SHADOW_PROXY, NGINX))
+PAIRS = ((SHADOW_PROXY, ENVOY), (SHADOW_PROXY, NGINX), (SHADOW_PROXY_WORKERS, ENVOY))
 
 
 def _ms(seconds: float | None) -> float | None:

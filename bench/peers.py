@@ -1,6 +1,7 @@
 """The peers, each configured as a competent user would, one worker each:
 nginx with ``mirror``, Envoy with ``request_mirror_policies``, and
-shadow-proxy; plus ``direct`` (no proxy at all) as the baseline.
+shadow-proxy; plus shadow-proxy with ``--workers N`` (several processes on
+one port), and ``direct`` (no proxy at all) as the baseline.
 
 Each scenario starts its peers afresh (so peak RSS is per scenario) and
 stops them by PID when it ends, whatever happens.
@@ -23,10 +24,12 @@ from bench import nginxconf
 from bench.procs import LOOPBACK, Proc, free_port
 
 SHADOW_PROXY = "shadow-proxy"
+SHADOW_PROXY_WORKERS = "shadow-proxy-workers"  # run --workers N (N from the harness)
 ENVOY = "envoy"
 NGINX = "nginx"
 DIRECT = "direct"
-PEERS = (SHADOW_PROXY, ENVOY, NGINX)
+PEERS = (SHADOW_PROXY, SHADOW_PROXY_WORKERS, ENVOY, NGINX)
+SHADOW_PROXIES = (SHADOW_PROXY, SHADOW_PROXY_WORKERS)
 SHADOW_TIMEOUT = 5  # seconds for one mirrored exchange, the same for every peer
 _SHADOW_SAMPLE = re.compile(r"^shadow_proxy_shadow_requests_total\{([^}]*)\} (\S+)$", re.M)
 
@@ -197,7 +200,7 @@ def shadow_proxy_conf(port: int, admin: int, setup: Setup) -> dict[str, object]:
     }
 
 
-def start_peer(stack: ExitStack, root: Path, name: str, setup: Setup) -> Peer:
+def start_peer(stack: ExitStack, root: Path, name: str, setup: Setup, workers: int = 2) -> Peer:
     prefix = root / name
     prefix.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -218,27 +221,29 @@ def start_peer(stack: ExitStack, root: Path, name: str, setup: Setup) -> Peer:
             "error",
             "--disable-hot-restart",
         ]
-    elif name == SHADOW_PROXY:
+    elif name in SHADOW_PROXIES:
         admin = free_port()
         conf = prefix / "proxy.yaml"
         conf.write_text(yaml.safe_dump(shadow_proxy_conf(port, admin, setup)))
         argv = [_bin("shadow-proxy"), "run", "--config", str(conf)]
+        if name == SHADOW_PROXY_WORKERS:
+            argv += ["--workers", str(workers)]
     else:
         raise ValueError(f"unknown peer {name!r}; known: {', '.join(PEERS)}")
     proc = Proc(name, argv, prefix / "out.log", prefix)
     stack.callback(proc.stop)
     proc.wait_port(port)
-    return Peer(name, port, proc, admin if name == SHADOW_PROXY else None)
+    return Peer(name, port, proc, admin if name in SHADOW_PROXIES else None)
 
 
 @contextmanager
 def running_peers(
-    root: Path, names: Sequence[str], setup: Setup, direct_port: int | None
+    root: Path, names: Sequence[str], setup: Setup, direct_port: int | None, workers: int = 2
 ) -> Iterator[list[Peer]]:
     """The named peers (and ``direct`` when ``direct_port`` is given), stopped
     by PID when the block ends."""
     with ExitStack() as stack:
-        peers = [start_peer(stack, root, name, setup) for name in names]
+        peers = [start_peer(stack, root, name, setup, workers) for name in names]
         if direct_port is not None:
             peers.append(Peer(DIRECT, direct_port, None))
         yield peers

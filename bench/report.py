@@ -46,7 +46,9 @@ class Report:
             results=results,
             figures=figures,
             ratios=ratios,
-            targets=evaluate(figures, ratios, float(options.get("rate", 500))),
+            targets=evaluate(
+                figures, ratios, float(options.get("rate", 500)), int(options.get("workers", 2))
+            ),
         )
 
     def table(self, result: ScenarioResult) -> tables.Table:
@@ -96,6 +98,10 @@ class Report:
             "targets": [t.as_dict() for t in self.targets],
         }
 
+    @property
+    def workers(self) -> int:
+        return int(self.options.get("workers", 2))
+
     def write_json(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.as_json(), indent=2) + "\n")
@@ -118,7 +124,7 @@ class Report:
             "",
             f"Command: `{self.command}`",
             "",
-            _HOW_TO_READ,
+            _HOW_TO_READ.replace("--workers N`: N", f"--workers {self.workers}`: {self.workers}"),
         ]
         for result in self.results:
             out += [f"### {result.scenario.title}", "", self.table(result).markdown(), ""]
@@ -134,9 +140,12 @@ _HOW_TO_READ = """\
 Every peer runs on this one machine, on loopback, with one worker: nginx with
 `mirror`, Envoy with `request_mirror_policies`, and shadow-proxy, in front of
 nginx backends serving fixed answers (so the proxies are the bottleneck).
-*direct* is the client talking to the legacy backend with no proxy. The load
-generator shares the machine, so compare peers within a run, as ratios; the
-absolute numbers move with the machine and with whatever else runs on it.
+*shadow-proxy-workers* is shadow-proxy with `run --workers N`: N processes
+sharing the port (SO_REUSEPORT), and a supervisor; its CPU and memory are those
+of all of them. *direct* is the client talking to the legacy backend with no
+proxy. The load generator shares the machine, so compare peers within a run,
+as ratios; the absolute numbers move with the machine and with whatever else
+runs on it.
 
 * **req/s, p50, p99**: medians over the repetitions (`wrk`, closed loop, GET).
   In the SSE scenario p50/p99 are the time to the first byte of the body; in
@@ -152,7 +161,8 @@ absolute numbers move with the machine and with whatever else runs on it.
   shadows beyond `shadow.max_in_flight` and pauses them while its circuit
   breaker is open; Envoy drops mirrors beyond its cluster's circuit-breaker
   limits); `-` when the agent refuses connections and nothing can count.
-* **shadow-proxy / Envoy, shadow-proxy / nginx**: ratios of the row's figures
+* **shadow-proxy / Envoy, shadow-proxy / nginx** (and shadow-proxy-workers /
+  Envoy): ratios of the row's figures
   (for req/s higher is better; for latency, CPU and memory lower is better).
 * **errors**: socket errors plus non-2xx/3xx answers seen by the client.
 

@@ -126,12 +126,13 @@ def run_scenario(
     repeat: int,
     warmup: float,
     say: Callable[[str], None] = print,
+    workers: int = 2,
 ) -> ScenarioResult:
     agent = backends.agents[scenario.agent] if scenario.agent else None
     setup = Setup(backends.legacy.url, agent.url if agent else None, scenario.compare)
     direct = backends.legacy.port if scenario.direct else None
     runs: dict[str, list[Run]] = {}
-    with running_peers(root / scenario.name, peer_names, setup, direct) as peers:
+    with running_peers(root / scenario.name, peer_names, setup, direct, workers) as peers:
         for peer in peers:
             warm_up(
                 peer, "/" if scenario.kind == "sse" else scenario.path, warmup, options.connections

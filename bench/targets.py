@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from bench.figures import Figures
-from bench.peers import ENVOY, NGINX, SHADOW_PROXY
+from bench.peers import ENVOY, NGINX, SHADOW_PROXY, SHADOW_PROXY_WORKERS
 
 P99_UNCHANGED = 1.25  # "p99 unchanged": within 25% of passthrough's, a noise allowance
 
@@ -45,6 +45,7 @@ def evaluate(
     figures: Mapping[str, Mapping[str, Figures]],
     ratios: Mapping[str, Mapping[str, Mapping[str, float | None]]],
     rate: float,
+    workers: int = 2,
 ) -> list[Target]:
     """``figures[scenario][peer]`` and ``ratios[scenario]["shadow-proxy/envoy"]``;
     the targets are shadow-proxy's, the reference rows show its peers."""
@@ -102,6 +103,13 @@ def evaluate(
             100.0,
             "MB",
             note=f"worst: {worst[1]}" if worst else "",
+        ),
+        Target(
+            f"reference: shadow-proxy --workers {workers}, mirror: req/s vs Envoy",
+            ratios.get("mirror", {}).get(f"{SHADOW_PROXY_WORKERS}/{ENVOY}", {}).get("rps"),
+            None,
+            "x",
+            note="Envoy with one worker; the load generator shares the cores",
         ),
         Target(
             "reference: nginx, slow agent: req/s vs own passthrough",

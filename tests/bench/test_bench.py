@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PEERS = {"shadow-proxy", "envoy", "nginx"}
+PEERS = {"shadow-proxy", "shadow-proxy-workers", "envoy", "nginx"}
 SCENARIOS = ("passthrough", "mirror", "failing-refused", "fixed-rate")
 FIGURES = {
     "rps", "p50_ms", "p99_ms", "added_p50_ms", "added_p99_ms", "errors", "requests",
@@ -53,6 +53,7 @@ def test_nginx_and_envoy_mirror_everything_and_shadow_proxy_mirrors(quick_run: A
     assert peers["nginx"]["mirrored"] == pytest.approx(1.0, abs=0.02)
     assert peers["envoy"]["mirrored"] == pytest.approx(1.0, abs=0.02)
     assert peers["shadow-proxy"]["mirrored"] > 0
+    assert peers["shadow-proxy-workers"]["mirrored"] > 0
 
 
 def test_the_json_has_every_figure_for_every_peer(quick_run: Any) -> None:
@@ -63,7 +64,9 @@ def test_the_json_has_every_figure_for_every_peer(quick_run: Any) -> None:
             if peer != "direct":  # a proxy is measured, not just loaded
                 assert figures["cpu_s_per_1k"] > 0
                 assert 1 < figures["peak_rss_mb"] < 1000
-    assert "shadow-proxy/envoy" in report["scenarios"]["mirror"]["ratios"]
+    assert {"shadow-proxy/envoy", "shadow-proxy-workers/envoy"} <= set(
+        report["scenarios"]["mirror"]["ratios"]
+    )
     fixed = report["scenarios"]["fixed-rate"]["peers"]["shadow-proxy"]
     assert fixed["added_p50_ms"] is not None
     assert {t["name"] for t in report["targets"]} >= {"peak RSS, any scenario"}

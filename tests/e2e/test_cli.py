@@ -212,7 +212,9 @@ def test_demo_runs_for_its_duration_and_prints_live_numbers() -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_run_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [(), ("--workers", "2")], ids=["one", "workers"])
+def test_run_on_a_port_in_use_says_so_in_one_line(tmp_path: Path, workers: tuple[str, ...]) -> None:
+    """One process or a supervisor of several: the same message and status."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -227,7 +229,7 @@ def test_run_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
                 }
             )
         )
-        result = cli("run", "--config", str(config))
+        result = cli("run", "--config", str(config), *workers)
     assert result.returncode == 1
     assert result.stderr.startswith("error: cannot listen:")
     assert f"('127.0.0.1', {port}): address already in use" in result.stderr.lower()

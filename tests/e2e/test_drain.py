@@ -53,8 +53,23 @@ class Load:
                 n += 1
 
 
-async def run_until_exit(proc: Running, load: Load, signal_after: float) -> float:
-    """Load, then SIGTERM mid-way; return when the signal was sent."""
+async def sigterm_under_load(proc: Running, signal_after: float = 1.5) -> tuple[Load, float]:
+    """Load, then SIGTERM mid-way, until the process exits (killed if the test
+    fails first); the load, and when the signal was sent. Events are read into
+    ``proc.events`` meanwhile."""
+    reader = asyncio.create_task(proc.read_events())
+    load = Load(proc.proxy)
+    try:
+        signalled = await _run_until_exit(proc, load, signal_after)
+    finally:
+        if proc.process.returncode is None:
+            proc.process.kill()
+            await proc.process.wait()
+        await reader
+    return load, signalled
+
+
+async def _run_until_exit(proc: Running, load: Load, signal_after: float) -> float:
     workers = [asyncio.create_task(load.worker(i)) for i in range(WORKERS)]
     await asyncio.sleep(signal_after)
     signalled = time.monotonic()
@@ -92,15 +107,7 @@ async def test_sigterm_under_load_completes_every_accepted_request_and_exits_0(
         "shutdown": {"drain_delay": drain_delay, "timeout": "10s", "shadow_grace": "1s"},
     }
     proc = await start_cli(config, tmp_path)
-    reader = asyncio.create_task(proc.read_events())
-    load = Load(proc.proxy)
-    try:
-        signalled = await run_until_exit(proc, load, signal_after=1.5)
-    finally:
-        if proc.process.returncode is None:
-            proc.process.kill()
-            await proc.process.wait()
-        await reader
+    load, signalled = await sigterm_under_load(proc)
     assert proc.process.returncode == 0
 
     before = [o for o in load.outcomes if o.started < signalled - 0.01]

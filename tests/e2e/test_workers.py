@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from fakes import Fake
 from fleet import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from test_cli import Running, cli, start_cli
-from test_drain import Load, run_until_exit
+from test_drain import sigterm_under_load
 
 pytestmark = pytest.mark.e2e
 TOKEN = "workers-token"
@@ -170,15 +169,7 @@ async def test_sigterm_under_load_loses_nothing_and_exits_0(
         config(legacy, agent, shutdown={"drain_delay": "500ms", "timeout": "10s"}),
         tmp_path, "--workers", "2",
     )  # fmt: skip
-    reader = asyncio.create_task(proc.read_events())
-    load = Load(proc.proxy)
-    try:
-        signalled = await run_until_exit(proc, load, signal_after=1.5)
-    finally:
-        if proc.process.returncode is None:
-            proc.process.kill()
-            await proc.process.wait()
-        await reader
+    load, signalled = await sigterm_under_load(proc)
     assert proc.process.returncode == 0
     before = [o for o in load.outcomes if o.started < signalled - 0.01]
     assert len(before) > 50, "the load did not get going"
@@ -311,26 +302,4 @@ def test_a_worker_that_cannot_start_stops_the_pod_with_its_error(tmp_path: Path)
     assert result.returncode == 2
     assert "admin.token_file: cannot read: No such file or directory" in result.stderr
     assert "before it was ready" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
-def test_a_port_in_use_is_reported_as_for_one_process(tmp_path: Path) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        path = tmp_path / "proxy.yaml"
-        path.write_text(
-            yaml.safe_dump(
-                {
-                    "listen": {"host": "127.0.0.1", "port": port},
-                    "admin": {"port": 0},
-                    "backends": {"legacy": {"url": "http://127.0.0.1:9"}},
-                }
-            )
-        )
-        result = cli("run", "--config", str(path), "--workers", "2")
-    assert result.returncode == 1
-    assert result.stderr.startswith("error: cannot listen:")
-    assert f"('127.0.0.1', {port}): address already in use" in result.stderr.lower()
     assert "Traceback" not in result.stderr

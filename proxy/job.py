@@ -6,6 +6,7 @@ of its inputs are known by then: it never waits on the client's clock."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from multidict import CIMultiDict
@@ -32,11 +33,19 @@ class ShadowJob:
     budget: CaptureBudget
     body: bytes | ShadowOutcome | None = None  # the captured request body, or why not
     live: Observation | None = None  # legacy's answer (or why there is none)
+    launch: Callable[[ShadowJob], None] | None = None  # starts its task; None once started
     runtime: RouteRuntime | None = None  # the route's breaker and evidence window
     held: int = 0  # bytes taken from the budget, given back when the job ends
     reserved: float | None = None  # tokens reserved from the route's budget, until settled
     starved: bool = False  # the budget refused a capture
     ended: bool = False  # its task is done: nothing more is held for it
+
+    def start(self) -> None:
+        """Start the job's task, once: when the live exchange has ended, or as
+        soon as its outcome is known (an answer too large to compare)."""
+        launch, self.launch = self.launch, None
+        if launch is not None:
+            launch(self)
 
     def hold(self, size: int) -> bool:
         """Take ``size`` bytes of the shared capture budget for this job."""

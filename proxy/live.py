@@ -113,9 +113,9 @@ class LiveHandler:
         try:
             return await self._forward(request, route, headers, trace, body, job, start)
         finally:
-            if job is not None and self.shadow is not None:
+            if job is not None:
                 _abandon(job, "the live exchange ended without an answer")
-                self.shadow.launch(job)  # the client has its answer: the agent's turn
+                job.start()  # the client has its answer: the agent's turn
 
     async def expect(self, request: web.BaseRequest) -> web.StreamResponse | None:
         """``Expect: 100-continue``: a request refused on its head alone (a bad
@@ -427,9 +427,11 @@ async def _pump(
     """Copy the upstream body to the client; keep a bounded copy for the shadow."""
     copy = job.capture() if job is not None else None
     async for chunk in upstream.chunks():
-        if copy is not None and not copy.feed(chunk):
-            copy = None  # too large to compare: free the shadow task now
+        if job is not None and copy is not None and not copy.feed(chunk):
+            copy = None  # too large to compare: the job ends now, not with the stream
             _observe(job, upstream, None, sent)
+            if job.body is not None:  # its outcome is known: its slot is given back
+                job.start()
         await client.send(response.write(chunk))
     if copy is not None:
         _observe(job, upstream, copy.value(), sent)

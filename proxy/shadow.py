@@ -160,6 +160,7 @@ class Shadow:
             request_id=request_id,
             trace=trace,
             budget=self.budget,
+            launch=self._launch,
             runtime=runtime,
             reserved=reserved,
         )
@@ -167,10 +168,10 @@ class Shadow:
         self._metrics.shadow_in_flight.set(self.in_flight)
         return job
 
-    def launch(self, job: ShadowJob) -> None:
-        """Start an admitted job once its live exchange has ended, whatever the
-        end: the agent is called, and the comparison made, never while the
-        client still waits (and with nothing left to wait for)."""
+    def _launch(self, job: ShadowJob) -> None:
+        """Start an admitted job (``ShadowJob.start``) once its live exchange has
+        ended, whatever the end: the agent is called, and the comparison made,
+        never while the client still waits (and with nothing left to wait for)."""
         task = self._tasks.spawn(self._run(job), name=f"shadow:{job.route.name}")
         # A callback, not a finally: a task cancelled before it ever ran
         # (at shutdown) must still give its slot back and be counted.

@@ -341,3 +341,26 @@ async def test_an_open_breaker_pauses_shadowing_to_save_agent_calls(
     await proxy.settle()
     assert proxy.outcome("skipped_breaker") == 5
     assert proxy.outcome("sent") == 3
+
+
+async def test_a_stream_too_large_to_compare_gives_its_slot_back_before_it_ends(
+    make_proxy: ProxyFactory, legacy: Fake, agent: Fake
+) -> None:
+    """Once legacy's answer outgrew the capture limit, nothing is left to compare:
+    the job ends there, and its slot serves the next request while the long
+    stream is still flowing to its client."""
+    cfg = config(legacy, agent)
+    cfg["shadow"] = {"capture_limit": "16B", "max_in_flight": 1}
+    cfg["routes"][0]["match"] = {"prefix": "/"}
+    proxy = await make_proxy(**cfg)
+    async with proxy.client.get("/stream?chunks=40&gap=0.05") as streaming:
+        await streaming.content.readuntil(b"\n\n")
+        await streaming.content.readuntil(b"\n\n")  # 20 bytes: past the limit
+        assert (await proxy.client.get("/x")).status == 200
+        await asyncio.sleep(0.2)
+        assert not streaming.content.at_eof()  # the long answer is still flowing
+        assert proxy.outcome("skipped_size") == 1
+        assert proxy.outcome("dropped_inflight") == 0
+        await streaming.read()
+    await proxy.settle()
+    assert proxy.outcome("sent") == 1  # the second request's copy

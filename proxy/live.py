@@ -411,6 +411,7 @@ async def _request_body(
             raise BodyTooLargeError(limit)
         if capture is not None and job is not None and not capture.feed(chunk):
             _give_body(job, job.too_large())
+            job.start()  # nothing to send the agent: the job ends now, not with the upload
             capture = None
         yield chunk
     if capture is not None and job is not None:

@@ -189,12 +189,14 @@ class Shadow:
 
     async def _run(self, job: ShadowJob) -> None:
         name = job.route.name
-        body, live = job.body, job.live  # both set by the live exchange before launch
-        if body is None or live is None:  # not reached: launch follows _abandon
-            body, live = ShadowOutcome.CANCELLED, Observation(LEGACY, error="no live answer")
-        if isinstance(body, ShadowOutcome):
-            self._metrics.shadow(name, body)
+        # Started when the live exchange ended (both are set), or early when the
+        # outcome is known: a body too large to keep, an answer too large to compare.
+        body, live = job.body, job.live
+        if isinstance(body, ShadowOutcome) or body is None:
+            self._metrics.shadow(name, body or ShadowOutcome.CANCELLED)
             return
+        if live is None:  # not reached: an answer is observed before an early start
+            live = Observation(LEGACY, error="no live answer")
         exchange = Exchange(
             name, job.request_id, job.trace.trace_id, job.method, job.raw_path, LEGACY,
             job.legacy_headers or {}, body, job.trace,

@@ -275,6 +275,34 @@ async def test_streamed_request_body_over_capture_limit_is_not_mirrored(
     assert legacy.seen[-1].body_size == 1600
 
 
+async def test_an_upload_too_large_to_keep_gives_its_slot_back_while_it_streams(
+    make_proxy: ProxyFactory, legacy: Fake, agent: Fake
+) -> None:
+    cfg = config(legacy, agent, side_effect_free=True)
+    cfg["shadow"] = {"capture_limit": 1000, "max_in_flight": 1}
+    proxy = await make_proxy(**cfg)
+    past_the_limit, finish = asyncio.Event(), asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield b"c" * 400
+        past_the_limit.set()
+        await finish.wait()
+        yield b"c" * 400
+
+    upload = asyncio.create_task(proxy.client.post("/api/upload", data=body()))
+    await past_the_limit.wait()
+    await asyncio.sleep(0.1)  # the proxy reads the third chunk
+    assert (await proxy.client.get("/api/x")).status == 200
+    assert proxy.outcome("skipped_size") == 1
+    assert proxy.outcome("dropped_inflight") == 0
+    finish.set()
+    assert (await upload).status == 200
+    await proxy.settle()
+    assert proxy.outcome("sent") == 1  # the GET's copy
+    assert [s.body_size for s in legacy.seen if s.path_qs == "/api/upload"] == [1600]
+
+
 async def test_agent_5xx_is_an_error_not_a_disagreement(
     make_proxy: ProxyFactory, legacy: Fake, agent: Fake
 ) -> None:

@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import structlog
 from aiohttp import web
@@ -33,7 +33,7 @@ from proxy.live import LiveHandler
 from proxy.metrics import Metrics
 from proxy.noise import NoiseLearner
 from proxy.recorder import Recorder
-from proxy.reload import ConfigWatcher, Loader
+from proxy.reload import ConfigWatcher, Fingerprint, Loader
 from proxy.routes import RouteTable
 from proxy.routing import Routing
 from proxy.settings import Settings, load_settings
@@ -114,11 +114,15 @@ class Core:
         metrics: Metrics,
         config_path: Path | None = None,
         load: Loader = load_settings,
+        seen: Fingerprint | Literal["now"] = "now",
+        worker: int | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.config_path = config_path
         self.load = load  # how a reload reads config_path (a worker's takes its share)
+        self.seen = seen  # config_path's fingerprint when ``settings`` were read
+        self.worker = worker  # the index under run --workers: its recordings carry it
         self.routing = load_routing(settings)
         local = settings.coordination == "local"
         analysis = PrometheusAnalysis(settings.prometheus) if settings.analysis != "local" else None
@@ -224,7 +228,9 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
     redactor = settings.redaction.redactor()
     recorder = None
     if settings.recording.enabled:
-        recorder = Recorder(settings.recording, redactor, listener=metrics.agent.recorded)
+        recorder = Recorder(
+            settings.recording, redactor, listener=metrics.agent.recorded, worker=core.worker
+        )
     evidence = Evidence(metrics, settings.logging, redactor, recorder, core.learners, tracing)
     if agent is not None:
         await agent.start()
@@ -266,7 +272,7 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
     services.append(loop.create_task(core.controller.run(stop), name="rollout-controller"))
     if core.config_path is not None:
         watcher = ConfigWatcher(
-            core.config_path, settings.reload_interval, core.apply, metrics, core.load
+            core.config_path, settings.reload_interval, core.apply, metrics, core.load, core.seen
         )
         services.append(loop.create_task(watcher.run(stop), name="config-watcher"))
     warming = None

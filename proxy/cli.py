@@ -19,12 +19,13 @@ from typing import Any
 import yaml
 from yarl import URL
 
-from proxy import adminclient, logs
+from proxy import adminclient, logs, snapshot
 from proxy.errors import ConfigError
 from proxy.golden import Case, CaseError, read_cases
+from proxy.reload import fingerprint
 from proxy.server import serve
 from proxy.settings import Settings, load_settings
-from proxy.workerconfig import WorkerSpec, loader, local_rollout_problems
+from proxy.workerconfig import WorkerSpec, worker_problems
 from proxy.workers import WorkerStartError, supervise
 
 EXIT_CONFIG = 2
@@ -50,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     run.add_argument("--worker-port", type=int, help=argparse.SUPPRESS)
     run.add_argument("--worker-socket", type=Path, help=argparse.SUPPRESS)
+    run.add_argument("--worker-settings", type=Path, help=argparse.SUPPRESS)
 
     check = sub.add_parser("check-config", help="validate a config file and print it normalized")
     check.add_argument("file", type=Path, metavar="FILE")
@@ -187,26 +189,16 @@ def run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> Non
         runner.run(wrapper())
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    if args.worker_index is not None:
-        return _run_worker(args)
-    settings = _load(args.config)
-    if args.workers > 1:
-        problems = local_rollout_problems(settings, args.workers)
-        if problems:
-            _print_problems(ConfigError(str(args.config), problems))
-            return EXIT_CONFIG
-    logs.configure(settings.logging, redactor=settings.redaction.redactor())
+def _serve(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]], who: str = "") -> int:
+    """:func:`run_async`, with the errors a listener meets as a message and an
+    exit status: 2 for the config, 1 for a port in use, a worker's own status."""
     try:
-        if args.workers > 1:
-            run_async(lambda stop: supervise(settings, stop, args.config, args.workers))
-        else:
-            run_async(lambda stop: serve(settings, stop, args.config))
+        run_async(main)
     except ConfigError as exc:
         _print_problems(exc)
         return EXIT_CONFIG
     except OSError as exc:
-        print(f"error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        print(f"error: {who}cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
     except WorkerStartError as exc:
         print(f"error: {exc}; its error is above", file=sys.stderr)
@@ -214,28 +206,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.worker_index is not None:
+        return _run_worker(args)
+    seen = fingerprint(args.config)  # before reading: an edit from now on is news to workers
+    settings = _load(args.config)
+    problems = worker_problems(settings, args.workers)
+    if problems:
+        _print_problems(ConfigError(str(args.config), problems))
+        return EXIT_CONFIG
+    logs.configure(settings.logging, redactor=settings.redaction.redactor())
+    if args.workers > 1:
+        return _serve(lambda stop: supervise(settings, stop, args.config, args.workers, seen))
+    return _serve(lambda stop: serve(settings, stop, args.config))
+
+
 def _run_worker(args: argparse.Namespace) -> int:
-    """One of the processes ``run --workers N`` starts (proxy/workers.py)."""
-    if args.worker_port is None or args.worker_socket is None:
+    """One of the processes ``run --workers N`` starts (proxy/workers.py): its
+    settings are those its supervisor started with (proxy/snapshot.py)."""
+    if None in (args.worker_port, args.worker_socket, args.worker_settings):
         print("error: --worker-index is for the processes run --workers starts", file=sys.stderr)
         return EXIT_CONFIG
     spec = WorkerSpec(args.worker_index, args.workers, args.worker_port, args.worker_socket)
     try:
-        settings = loader(spec)(args.config)
+        settings, seen = snapshot.load(args.worker_settings, spec)
     except ConfigError as exc:
         _print_problems(exc)
         return EXIT_CONFIG
     redactor = settings.redaction.redactor()
     logs.configure(settings.logging, redactor=redactor, fields={"worker": spec.index})
-    try:
-        run_async(lambda stop: serve(settings, stop, args.config, spec))
-    except ConfigError as exc:
-        _print_problems(exc)
-        return EXIT_CONFIG
-    except OSError as exc:
-        print(f"error: worker {spec.index} cannot listen: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    return 0
+    who = f"worker {spec.index} "
+    return _serve(lambda stop: serve(settings, stop, args.config, spec, seen), who)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -262,12 +263,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     logs.configure(settings.logging, sys.stderr, settings.redaction.redactor())
     options = DemoOptions.from_args(args)
-    try:
-        run_async(lambda stop: run_demo(settings, options, stop))
-    except OSError as exc:
-        print(f"error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    return 0
+    return _serve(lambda stop: run_demo(settings, options, stop))
 
 
 def cmd_noise(args: argparse.Namespace) -> int:

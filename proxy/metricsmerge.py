@@ -4,6 +4,8 @@ Counter, histogram and summary samples with the same name and labels are
 summed. Gauges (and untyped samples) cannot be summed meaningfully — a
 share, a stage, a start time — so each worker's keep their values under an
 extra label, ``worker="<index>"``. Summary quantiles are gauges in this sense.
+The supervisor's own exposition (its ``process_*`` series) joins by the same
+rule, as ``worker="supervisor"``: its CPU seconds add to the pod's.
 
 Sums must never go down, or ``rate()`` sees a counter reset that did not
 happen. So the merger keeps each worker's last scrape; a scrape that failed
@@ -22,6 +24,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 WORKER_LABEL = "worker"
+SUPERVISOR = "supervisor"  # the worker label of the supervisor's own gauges
 SUMMED_TYPES = frozenset({"counter", "histogram", "summary"})
 
 Labels = tuple[tuple[str, str], ...]
@@ -83,12 +86,15 @@ class MetricsMerger:
             for key, value in summed.items():
                 kept.samples[key] = kept.samples.get(key, 0.0) + value
 
-    def families(self) -> list[Metric]:
-        """The merged exposition: workers in index order, then what only retired ones had."""
+    def families(self, own: str = "") -> list[Metric]:
+        """The merged exposition: workers in index order, the supervisor's ``own``
+        exposition, then what only retired workers had."""
         merged: dict[str, Family] = {}
         for worker in sorted(self._last):
             for family in self._last[worker].values():
                 self._add(merged, family, str(worker[0]))
+        for family in parse(own).values():
+            self._add(merged, family, SUPERVISOR)
         for family in self._retired.values():
             self._add(merged, family, None)
         return [_metric(f) for f in merged.values()]

@@ -11,8 +11,12 @@ evidence, never a reason to slow a request or grow memory.
 Files are ``cases-<UTC time>-<pid>-<seq>.jsonl`` so their names sort by time;
 a file rotates before it would pass ``max_file_size``, and the oldest files in
 the directory (earlier runs included) are deleted before the directory would
-pass ``max_total_size``. A write error (disk full, permissions) is logged once
-per episode, counted, and the case dropped; it never reaches the caller.
+pass ``max_total_size``. Under ``run --workers N`` the workers share the
+directory, each with its share of the total: worker I's files are
+``cases-<UTC time>-wI-<pid>-<seq>.jsonl``, and it counts and deletes only
+those (so a restarted worker never deletes its siblings' files). A write
+error (disk full, permissions) is logged once per episode, counted, and the
+case dropped; it never reaches the caller.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from proxy.units import ByteSize
 log = structlog.get_logger("proxy.recorder")
 
 PREFIX, SUFFIX = "cases-", ".jsonl"
+MIN_FILE_SIZE = 1024
 _STOP = object()
 
 
@@ -60,7 +65,7 @@ class RecordingSettings(BaseModel):
     )
     record_errors: bool = Field(False, description="also record comparisons that errored")
     max_file_size: ByteSize = Field(
-        10 * 1024**2, ge=1024, description="a file rotates before passing this"
+        10 * 1024**2, ge=MIN_FILE_SIZE, description="a file rotates before passing this"
     )
     max_total_size: ByteSize = Field(
         1024**3, description="oldest files are deleted to stay under this"
@@ -113,13 +118,15 @@ class Recorder:
         rng: random.Random | None = None,
         listener: Listener | None = None,
         clock: Callable[[], float] = time.time,
+        worker: int | None = None,
     ) -> None:
+        """``worker``: this process's index under ``run --workers``, in its file names."""
         self.settings = settings
         self._redactor = redactor or Redactor()
         self._rng = rng or random.Random()
         self._listener = listener
         self._queue: queue.Queue[Any] = queue.Queue(settings.queue_size)
-        self._files = _Files(settings, clock)
+        self._files = _Files(settings, clock, worker)
         self._counts = dict.fromkeys(Outcome, 0)
         self._bytes = 0
         self._lock = threading.Lock()
@@ -241,9 +248,12 @@ class _Files:
     """The directory's case files: the one being appended to, and the sizes of
     the others (oldest first) so the total bound needs no listing per write."""
 
-    def __init__(self, settings: RecordingSettings, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, settings: RecordingSettings, clock: Callable[[], float], worker: int | None
+    ) -> None:
         self.settings = settings
         self.clock = clock
+        self._tag = "" if worker is None else f"w{worker}-"  # one process: every case file
         self.deleted = 0
         self._closed: deque[tuple[Path, int]] | None = None  # found on the first write
         self._fd: int | None = None
@@ -289,14 +299,15 @@ class _Files:
         if self._closed is None:
             directory = self.settings.directory
             directory.mkdir(parents=True, exist_ok=True)
-            found = sorted(directory.glob(f"{PREFIX}*{SUFFIX}"))
+            own = f"*-{self._tag}*" if self._tag else "*"
+            found = sorted(directory.glob(f"{PREFIX}{own}{SUFFIX}"))
             self._closed = deque((p, p.stat().st_size) for p in found)
         return self._closed
 
     def _open(self) -> None:
         self._sequence += 1
         stamp = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y%m%dT%H%M%S.%f")[:-3]
-        name = f"{PREFIX}{stamp}Z-{os.getpid()}-{self._sequence:04d}{SUFFIX}"
+        name = f"{PREFIX}{stamp}Z-{self._tag}{os.getpid()}-{self._sequence:04d}{SUFFIX}"
         self.settings.directory.mkdir(parents=True, exist_ok=True)  # removed while running?
         path = self.settings.directory / name
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)

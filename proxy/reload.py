@@ -13,6 +13,7 @@ import asyncio
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import structlog
 
@@ -42,17 +43,23 @@ class ConfigWatcher:
         apply: Callable[[Settings], list[str]],
         metrics: Metrics,
         load: Loader = load_settings,
+        seen: Fingerprint | Literal["now"] = "now",
     ) -> None:
         """``load``: how the file becomes settings; a worker under ``run --workers``
-        passes its own, which divides budgets and refuses what N workers cannot run."""
+        passes its own, which divides budgets and refuses what N workers cannot run.
+        ``seen``: the file's fingerprint when the running settings were read from
+        it (a worker's: when its supervisor read it), so an edit made since is
+        applied at the first check; by default, the file as it is now."""
         self.path = path
         self.interval = interval
         self._apply = apply
         self._metrics = metrics
         self._load = load
-        self._seen = fingerprint(path)
+        self._seen = fingerprint(path) if seen == "now" else seen
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Check at once, then every ``interval`` until ``stop``."""
+        self.check()
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self.interval)

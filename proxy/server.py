@@ -14,6 +14,7 @@ import gc
 import logging
 import sys
 from pathlib import Path
+from typing import Literal
 
 import structlog
 from aiohttp import web
@@ -26,6 +27,7 @@ from proxy.errors import ConfigError
 from proxy.logs import bounded
 from proxy.metrics import Metrics
 from proxy.redaction import Redactor
+from proxy.reload import Fingerprint
 from proxy.runner import ProxyRunner
 from proxy.settings import UNMATCHED_ROUTE, Settings, load_settings
 from proxy.workerconfig import WorkerSpec
@@ -77,16 +79,20 @@ class ProxyServer:
         metrics: Metrics | None = None,
         config_path: Path | None = None,
         worker: WorkerSpec | None = None,
+        seen: Fingerprint | Literal["now"] = "now",
     ) -> None:
         """``worker``: one of several processes behind one port (``run --workers``):
         its listener shares the port (SO_REUSEPORT), its admin app listens on the
-        worker's unix socket, and a reloaded config becomes this worker's share."""
+        worker's unix socket, a reloaded config becomes this worker's share, and
+        its recording files carry its index. ``seen``: the config file's
+        fingerprint when ``settings`` were read (see proxy/reload.py)."""
         self.settings = settings
         self.worker = worker
         self.metrics = metrics or build_metrics(settings, process=True)
         self.health = Health()
         load = load_settings if worker is None else workerconfig.loader(worker)
-        self.core = Core(settings, self.metrics, config_path, load)
+        index = None if worker is None else worker.index
+        self.core = Core(settings, self.metrics, config_path, load, seen, index)
         self._proxy = ProxyRunner(
             create_app(settings, self.metrics, self.health, self.core),
             access_log=None,
@@ -148,10 +154,8 @@ class ProxyServer:
             await self._admin.cleanup()
         finally:
             AIOHTTP_SERVER.removeFilter(self._malformed)
-        if self.worker is not None:  # the supervisor removes the directory, unless it is gone
+        if self.worker is not None:  # the directory is the supervisor's to remove
             self.worker.socket.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):  # not empty: other workers still run
-                self.worker.socket.parent.rmdir()
         log.info("stopped")
 
 
@@ -177,10 +181,11 @@ async def serve(
     stop: asyncio.Event,
     config_path: Path | None = None,
     worker: WorkerSpec | None = None,
+    seen: Fingerprint | Literal["now"] = "now",
 ) -> None:
     """Run until ``stop`` is set, then drain; reload ``config_path`` when it changes.
     A worker also stops when its supervisor is gone."""
-    server = ProxyServer(settings, config_path=config_path, worker=worker)
+    server = ProxyServer(settings, config_path=config_path, worker=worker, seen=seen)
     await server.start()
     settle_heap()
     orphaned = None
@@ -198,7 +203,9 @@ async def _stop_when_orphaned(stop: asyncio.Event) -> None:
     """Set ``stop`` once the supervisor is gone, even by SIGKILL: a worker must
     not hold the port on its own. The supervisor holds the write end of the
     worker's stdin and never writes; the kernel closes it when the supervisor
-    exits, and the worker reads end-of-file."""
+    exits, and the worker reads end-of-file. ``stop`` is set before the log
+    line: stdout may be a pipe nobody reads any more (its reader died with the
+    supervisor), and a write to it fails."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     pipe, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -206,5 +213,6 @@ async def _stop_when_orphaned(stop: asyncio.Event) -> None:
         await reader.read()
     finally:
         pipe.close()
-    log.warning("supervisor_gone")
     stop.set()
+    with contextlib.suppress(OSError):
+        log.warning("supervisor_gone")

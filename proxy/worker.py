@@ -1,5 +1,5 @@
-"""The supervisor's handle on one worker process: its state, its process, and
-HTTP to its admin app over the worker's unix socket.
+"""The supervisor's handle on one worker process: its state, its process, its
+restart delay, and HTTP to its admin app over the worker's unix socket.
 
 One :class:`Worker` lives as long as the supervisor and stands for a slot
 (an index); each process started in it is a new *generation*, with a new
@@ -9,15 +9,39 @@ client, so a connection pooled to a dead process is never reused.
 from __future__ import annotations
 
 import asyncio
+import signal
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict
 
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 30.0
+BACKOFF_RESET = 60.0  # a worker that ran this long restarts after BACKOFF_FIRST again
 BASE = "http://worker"  # the host is ignored on a unix socket; it names the peer in errors
 FORWARDED_HEADERS = ("Authorization", "Content-Type", "Accept")
+
+
+def next_backoff(previous: float, ran_for: float) -> float:
+    """The delay before restarting a worker that ran ``ran_for`` seconds after
+    a restart delay of ``previous`` (0: its first exit): 1 s, doubling to 30 s,
+    and 1 s again after a worker that had been running for a while."""
+    if previous <= 0 or ran_for >= BACKOFF_RESET:
+        return BACKOFF_FIRST
+    return min(BACKOFF_MAX, previous * 2)
+
+
+def exit_status(code: int) -> dict[str, Any]:
+    """``{"code": 3}`` or ``{"signal": "SIGKILL"}``, for a log event."""
+    if code >= 0:
+        return {"code": code}
+    try:
+        return {"signal": signal.Signals(-code).name}
+    except ValueError:
+        return {"signal": -code}
 
 
 class WorkerState(StrEnum):

@@ -1,14 +1,17 @@
 """The supervisor's admin listener under ``run --workers N``: the same routes as
 one process's (proxy/admin.py), answered for the pod as a whole.
 
-Health and readiness ask every worker. ``/metrics`` scrapes every worker at
-once over its unix socket and merges (proxy/metricsmerge.py), with the
-supervisor's own series. Rollout and noise reads go to one running worker.
-Writes go to one worker in fleet mode (``coordination: redis``: any replica
-changes the whole fleet); under local coordination each worker holds its own
-rollout state, so a write goes to every worker, and succeeds only when all of
-them took it. The bearer token is checked by the workers: the supervisor
-passes the Authorization header through and holds no secret.
+Health and readiness ask every worker; while the pod drains, liveness stays
+200 (as one process's does until it exits). ``/metrics`` scrapes every
+worker at once over its unix socket and merges (proxy/metricsmerge.py), with
+the supervisor's own series. Noise reads go to one running worker; rollout
+reads too in fleet mode, and under local coordination to every worker, to
+say when their shares differ. Writes go to one worker in fleet mode
+(``coordination: redis``: any replica changes the whole fleet); under local
+coordination each worker holds its own rollout state, so a write goes to
+every worker, one write at a time, and succeeds only when all of them took
+it. The bearer token is checked by the workers: the supervisor passes the
+Authorization header through and holds no secret.
 """
 
 from __future__ import annotations
@@ -20,7 +23,12 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -30,8 +38,9 @@ from proxy.worker import Answer, Worker, WorkerState, WorkerUnreachableError
 
 PROBE_TIMEOUT = 0.8  # per worker; Kubernetes' probes time out after 1-2 s
 SCRAPE_TIMEOUT = 5.0
-ADMIN_TIMEOUT = 10.0
+ADMIN_TIMEOUT = 5.0  # well under the CLI's own 10 s, so the CLI hears which worker hung
 SCRAPED = (WorkerState.RUNNING, WorkerState.STOPPING)  # a drain can be watched
+TIMED_OUT = 504  # the worker got the request and may have acted on it
 
 
 @dataclass
@@ -43,6 +52,9 @@ class Pool:
     coordination: str
     merger: MetricsMerger = field(default_factory=MetricsMerger)
     scraped: dict[int, bool] = field(default_factory=dict)  # last scrape's success, by index
+    # Local writes one at a time: two fanned out at once could reach the workers
+    # in different orders and leave them at different shares.
+    writes: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def running(self) -> list[Worker]:
         return [w for w in self.workers if w.state is WorkerState.RUNNING]
@@ -57,10 +69,12 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 class PoolCollector(Collector):
-    """The supervisor's own series, then the workers' merged."""
+    """The supervisor's own series, then the workers' merged with its process's."""
 
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
+        self._process = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self._process)
 
     def collect(self) -> Iterable[Metric]:
         workers = self._pool.workers
@@ -83,7 +97,7 @@ class PoolCollector(Collector):
         for index, ok in sorted(self._pool.scraped.items()):
             up.add_metric([str(index)], float(ok))
         yield up
-        yield from self._pool.merger.families()
+        yield from self._pool.merger.families(generate_latest(self._process).decode())
 
 
 async def _scrape(pool: Pool, worker: Worker) -> None:
@@ -129,7 +143,10 @@ async def _probe(pool: Pool, path: str) -> dict[str, str]:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    workers = await _probe(request.app[POOL], "/healthz")
+    pool = request.app[POOL]
+    if pool.health.draining:  # alive until it exits, as one process is: no probe kills a drain
+        return _json({"status": "ok", "draining": True})
+    workers = await _probe(pool, "/healthz")
     if all(a == "ok" for a in workers.values()):
         return _json({"status": "ok", "workers": len(workers)})
     return _json({"status": "unhealthy", "workers": workers}, status=503)
@@ -165,24 +182,67 @@ async def _exchange(worker: Worker, request: web.Request, body: bytes) -> Answer
                 request.method, request.path_qs, request.headers.copy(), body
             )
     except WorkerUnreachableError as exc:
-        reason = str(exc)
+        data = {"error": "bad_gateway", "reason": str(exc), "worker": worker.index}
+        return Answer(502, orjson.dumps(data), "application/json")
     except TimeoutError:
         reason = f"worker {worker.index}: no answer within {ADMIN_TIMEOUT:g}s"
-    data = {"error": "bad_gateway", "reason": reason, "worker": worker.index}
-    return Answer(502, orjson.dumps(data), "application/json")
+    data = {"error": "gateway_timeout", "reason": reason, "worker": worker.index}
+    return Answer(TIMED_OUT, orjson.dumps(data), "application/json")
 
 
 def _no_worker() -> web.Response:
     return _json({"error": "unavailable", "reason": "no worker is running"}, status=503)
 
 
-async def read_view(request: web.Request) -> web.Response:
-    """GET /rollout, GET /noise: any worker knows (under local coordination
-    every worker got every write)."""
+async def first_view(request: web.Request) -> web.Response:
+    """GET /noise (what that worker learned from its share), and GET /rollout
+    in fleet mode: the first running worker's answer."""
     running = request.app[POOL].running()
     if not running:
         return _no_worker()
     return _relay(await _exchange(running[0], request, b""))
+
+
+async def rollout_view(request: web.Request) -> web.Response:
+    """GET /rollout under local coordination: the first running worker's answer,
+    with ``workers_disagree`` added when the workers' shares differ."""
+    pool = request.app[POOL]
+    running = pool.running()
+    if pool.coordination != "local" or not running:
+        return await first_view(request)
+    async with pool.writes:  # not halfway through a write
+        answers = await asyncio.gather(*(_exchange(w, request, b"") for w in running))
+    if answers[0].status != 200:
+        return _relay(answers[0])
+    views = {w.index: _shares(a) for w, a in zip(running, answers, strict=True) if a.status == 200}
+    disagree = disagreements(views)
+    if not disagree:
+        return _relay(answers[0])
+    return _json({**orjson.loads(answers[0].body), "workers_disagree": disagree})
+
+
+Share = dict[str, Any]  # {"stage": ..., "percent": ...}
+
+
+def _shares(answer: Answer) -> dict[str, Share]:
+    """Route -> stage and percent, from one worker's GET /rollout."""
+    try:
+        routes = orjson.loads(answer.body)["routes"]
+        return {n: {"stage": r["stage"], "percent": r["percent"]} for n, r in routes.items()}
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def disagreements(views: dict[int, dict[str, Share]]) -> dict[str, dict[str, Share | None]]:
+    """For each route on which the workers differ, each worker's stage and percent
+    (None: the worker has no such route)."""
+    names = sorted({name for view in views.values() for name in view})
+    out: dict[str, dict[str, Share | None]] = {}
+    for name in names:
+        each = {str(i): view.get(name) for i, view in views.items()}
+        if len({orjson.dumps(v) for v in each.values()}) > 1:
+            out[name] = each
+    return out
 
 
 async def write_view(request: web.Request) -> web.Response:
@@ -193,6 +253,11 @@ async def write_view(request: web.Request) -> web.Response:
         if not running:
             return _no_worker()
         return _relay(await _exchange(running[0], request, body))
+    async with pool.writes:
+        return await _fan_out(pool, request, body)
+
+
+async def _fan_out(pool: Pool, request: web.Request, body: bytes) -> web.Response:
     for worker in pool.workers:
         if worker.state is not WorkerState.RUNNING:
             reason = (
@@ -207,11 +272,13 @@ async def write_view(request: web.Request) -> web.Response:
     failed = [(w, a) for w, a in results if w.index not in applied]
     if not failed:
         return _relay(answers[0])
-    return _failure(*failed[0], applied)
+    unsure = [w.index for w, a in failed if a.status == TIMED_OUT]
+    return _failure(*failed[0], applied, unsure)
 
 
-def _failure(worker: Worker, answer: Answer, applied: list[int]) -> web.Response:
-    """The first failing worker's answer, naming it and the workers that did apply."""
+def _failure(worker: Worker, answer: Answer, applied: list[int], unsure: list[int]) -> web.Response:
+    """The first failing worker's answer, naming it, the workers that did apply,
+    and those that timed out: they may have applied it."""
     try:
         data = orjson.loads(answer.body)
     except orjson.JSONDecodeError:
@@ -219,6 +286,8 @@ def _failure(worker: Worker, answer: Answer, applied: list[int]) -> web.Response
     if not isinstance(data, dict):
         data = {"error": "failed", "reason": answer.body.decode("utf-8", "replace")[:500]}
     data = {**data, "worker": worker.index, "applied_by_workers": applied}
+    if unsure:  # asked, no answer in time: they may have applied it, or not
+        data["maybe_applied_by_workers"] = unsure
     return _relay(Answer(answer.status, orjson.dumps(data), "application/json", answer.headers))
 
 
@@ -231,8 +300,8 @@ def create_supervisor_admin(pool: Pool) -> web.Application:
     app.router.add_get("/metrics", metrics_view)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/rollout", read_view)
-    app.router.add_get("/noise", read_view)
+    app.router.add_get("/rollout", rollout_view)
+    app.router.add_get("/noise", first_view)
     app.router.add_post("/rollout/{route}/{command}", write_view)
     app.router.add_put("/rollout/{route}/share", write_view)
     return app

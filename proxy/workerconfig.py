@@ -9,9 +9,13 @@ shadow ``rate_limit`` and ``token_budget``, a comparator's
 Resource bounds (``shadow.max_in_flight``, capture memory, connection pools,
 queues) stay per process: each worker has its own memory and sockets.
 
-A rollout in auto mode under local coordination is refused with more than one
-worker: N controllers, each judging its own share of the evidence, would move
-the share apart. The same check guards a reload (see :func:`loader`).
+Under local coordination with more than one worker, a rollout in auto mode
+is refused: N controllers, each judging its own share of the evidence, would
+move the share apart. So is any rollout without a ``state_file``: a
+restarted worker would start from the config's percent while its siblings
+keep a share set through the admin API. The same checks guard a reload (see
+:func:`loader`). A recording directory too small to give each worker a file
+of the minimum size is refused as well.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from proxy.errors import ConfigError
+from proxy.recorder import MIN_FILE_SIZE, RecordingSettings
 from proxy.settings import ComparatorSpec, Route, Settings, load_settings
 
 BUDGET_OPTION = "max_calls_per_minute"  # a comparator's own rate budget (the judge's)
@@ -42,17 +47,46 @@ def share(total: int, count: int) -> int:
     return max(1, total // count)
 
 
-def local_rollout_problems(settings: Settings, count: int) -> list[str]:
+def worker_problems(settings: Settings, count: int) -> list[str]:
     """Why ``settings`` cannot run as ``count`` workers; empty when it can."""
-    if count < 2 or settings.coordination != "local":
+    if count < 2:
+        return []
+    return [*_local_rollout_problems(settings, count), *_recording_problems(settings, count)]
+
+
+def _local_rollout_problems(settings: Settings, count: int) -> list[str]:
+    if settings.coordination != "local":
+        return []
+    problems = []
+    for i, r in enumerate(settings.routes):
+        if r.rollout is None:
+            continue
+        if r.rollout.mode == "auto":
+            problems.append(
+                f"routes.{i}.rollout.mode: route {r.name!r} rolls out in auto mode, but with "
+                f"--workers {count} and coordination: local each worker would run its own "
+                "rollout on its own share of the traffic, and the workers would drift apart; "
+                "use rollout.mode: manual, coordination: redis, or one worker"
+            )
+        if settings.state_file is None:
+            problems.append(
+                f"routes.{i}.rollout: route {r.name!r} has a rollout, but with --workers "
+                f"{count}, coordination: local and no state_file, a restarted worker would "
+                "start from the config's percent while the others keep the share set through "
+                "the admin API; set state_file, use coordination: redis, or one worker"
+            )
+    return problems
+
+
+def _recording_problems(settings: Settings, count: int) -> list[str]:
+    recording = settings.recording
+    share = recording.max_total_size // count
+    if not recording.enabled or share >= MIN_FILE_SIZE:
         return []
     return [
-        f"routes.{i}.rollout.mode: route {r.name!r} rolls out in auto mode, but with "
-        f"--workers {count} and coordination: local each worker would run its own rollout "
-        "on its own share of the traffic, and the workers would drift apart; use "
-        "rollout.mode: manual, coordination: redis, or one worker"
-        for i, r in enumerate(settings.routes)
-        if r.rollout is not None and r.rollout.mode == "auto"
+        f"recording.max_total_size: {recording.max_total_size} bytes divided among {count} "
+        f"workers leaves each {share}, less than the {MIN_FILE_SIZE} a file needs; raise it "
+        "or use fewer workers"
     ]
 
 
@@ -60,20 +94,20 @@ def divide(settings: Settings, count: int) -> Settings:
     """``settings`` with every rate or total budget divided among ``count`` workers."""
     if count < 2:
         return settings
+    update: dict[str, object] = {"routes": tuple(_divide_route(r, count) for r in settings.routes)}
     recording = settings.recording
-    total = recording.max_total_size // count
-    return settings.model_copy(
-        update={
-            "routes": tuple(_divide_route(r, count) for r in settings.routes),
-            "recording": recording.model_copy(
-                update={
-                    "max_total_size": total,
-                    # The open file counts towards the total and is never deleted.
-                    "max_file_size": min(recording.max_file_size, total),
-                }
-            ),
-        }
-    )
+    if recording.enabled:
+        total = recording.max_total_size // count
+        # Validated again (pydantic's ValidationError when too small: see
+        # worker_problems). The open file counts towards the total and is never deleted.
+        update["recording"] = RecordingSettings.model_validate(
+            {
+                **recording.model_dump(),
+                "max_total_size": total,
+                "max_file_size": min(recording.max_file_size, total),
+            }
+        )
+    return settings.model_copy(update=update)
 
 
 def _divide_route(route: Route, count: int) -> Route:
@@ -109,7 +143,7 @@ def for_worker(settings: Settings, spec: WorkerSpec, source: str = "<config>") -
     replica name set in the config (the Helm chart sets the pod's) gets the
     worker's index, since each worker holds its own place in the lease.
     """
-    problems = local_rollout_problems(settings, spec.count)
+    problems = worker_problems(settings, spec.count)
     if problems:
         raise ConfigError(source, problems)
     out = divide(settings, spec.count)

@@ -1,11 +1,13 @@
 """``run --workers N``: one supervisor, N worker processes behind one port.
 
-Each worker is a full proxy (``python -m proxy run ... --worker-index I``)
+Each worker is a full proxy (``python -P -m proxy run ... --worker-index I``)
 whose listener binds the same port with SO_REUSEPORT, so the kernel spreads
-connections among them; its admin app listens on a unix socket in a private
-directory (0700, removed on exit). The supervisor serves the public admin
-port for the pod (proxy/workeradmin.py), restarts a worker that dies, and
-drains them all on SIGTERM.
+connections among them (proxy/sharedport.py: the port is checked free and
+held first); its admin app listens on a unix socket in a private directory
+(0700, removed by the supervisor on exit), where the settings every worker
+starts from are too (proxy/snapshot.py). The supervisor serves the public
+admin port for the pod (proxy/workeradmin.py), restarts a worker that dies,
+and drains them all on SIGTERM.
 
 Workers are fresh interpreters, not forks: a restart happens while the
 supervisor's event loop runs, and a fork of a process with a running loop
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import shutil
 import signal
 import socket
@@ -24,22 +27,21 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import structlog
 from aiohttp import web
 
+from proxy import snapshot
 from proxy.admin import Health
+from proxy.reload import Fingerprint
 from proxy.server import public_url
 from proxy.settings import Settings
-from proxy.worker import Worker, WorkerState
+from proxy.sharedport import reserve_port
+from proxy.worker import Worker, WorkerState, exit_status, next_backoff
 from proxy.workeradmin import Pool, create_supervisor_admin
 
 log = structlog.get_logger("proxy.workers")
 
-BACKOFF_FIRST = 1.0
-BACKOFF_MAX = 30.0
-BACKOFF_RESET = 60.0  # a worker that ran this long restarts after BACKOFF_FIRST again
 READY_TIMEOUT = 60.0  # a worker not ready by then is killed (and counts as failed)
 READY_POLL = 0.05
 PROBE_TIMEOUT = 1.0
@@ -55,61 +57,17 @@ class WorkerStartError(Exception):
         super().__init__(f"worker {index} exited with status {code} before it was ready")
 
 
-def next_backoff(previous: float, ran_for: float) -> float:
-    """The delay before restarting a worker that ran ``ran_for`` seconds after
-    a restart delay of ``previous`` (0: its first exit): 1 s, doubling to 30 s,
-    and 1 s again after a worker that had been running for a while."""
-    if previous <= 0 or ran_for >= BACKOFF_RESET:
-        return BACKOFF_FIRST
-    return min(BACKOFF_MAX, previous * 2)
-
-
-def exit_status(code: int) -> dict[str, Any]:
-    """``{"code": 3}`` or ``{"signal": "SIGKILL"}``, for a log event."""
-    if code >= 0:
-        return {"code": code}
-    try:
-        return {"signal": signal.Signals(-code).name}
-    except ValueError:
-        return {"signal": -code}
-
-
-def reserve_port(host: str, port: int) -> tuple[list[socket.socket], int]:
-    """Bind, without listening, a SO_REUSEPORT socket on each address of ``host``.
-
-    Port 0 becomes a concrete port the workers then share, and the port stays
-    this pod's while workers come and go. A bound socket that does not listen
-    gets no connections: the kernel spreads them among the workers' listeners.
-    """
-    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    sockets: list[socket.socket] = []
-    try:
-        for family, kind, proto, _, address in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            where = (address[0], port, *address[2:])
-            try:
-                sock.bind(where)
-            except OSError as exc:  # worded as asyncio words it for one process
-                reason = f"error while attempting to bind on address {where[:2]!r}: "
-                raise OSError(exc.errno, reason + (exc.strerror or "").lower()) from None
-            port = sock.getsockname()[1]
-    except BaseException:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets, port
-
-
 class Supervisor:
-    def __init__(self, settings: Settings, config_path: Path, count: int) -> None:
+    def __init__(
+        self, settings: Settings, config_path: Path, count: int, seen: Fingerprint = None
+    ) -> None:
+        """``seen``: the config file's fingerprint from before ``settings`` were read."""
         self.settings = settings
-        self.config_path = config_path.resolve()
+        # Absolute, with its symlinks kept: a ConfigMap's proxy.yaml -> ..data/proxy.yaml
+        # is swapped by relinking ..data, which the workers' watchers must follow.
+        self.config_path = config_path.absolute()
         self.count = count
+        self.seen = seen
         self.health = Health()
         self.port = 0
         self.workers: list[Worker] = []
@@ -119,6 +77,7 @@ class Supervisor:
         )
         self._reserved: list[socket.socket] = []
         self._runtime: Path | None = None
+        self._snapshot = Path()
         self._stopping = asyncio.Event()
         self._watchers: list[asyncio.Task[None]] = []
 
@@ -128,8 +87,8 @@ class Supervisor:
         s = self.settings
         try:
             self._reserved, self.port = reserve_port(s.listen.host, s.listen.port)
-            self._runtime = Path(tempfile.mkdtemp(prefix="shadow-proxy-"))  # mode 0700
-            self.workers += [Worker(i, self._runtime / f"w{i}.sock") for i in range(self.count)]
+            runtime = self._runtime_dir()
+            self.workers += [Worker(i, runtime / f"w{i}.sock") for i in range(self.count)]
             await self._admin.setup()
             await web.TCPSite(self._admin, s.admin.host, s.admin.port, reuse_address=True).start()
             for worker in self.workers:
@@ -139,10 +98,12 @@ class Supervisor:
             await self._close()
             raise
         self.health.ready = True
+        loop = asyncio.get_running_loop()
         self._watchers = [
-            asyncio.get_running_loop().create_task(self._watch(w), name=f"worker-{w.index}")
-            for w in self.workers
+            loop.create_task(self._watch(w), name=f"worker-{w.index}") for w in self.workers
         ]
+        for worker, task in zip(self.workers, self._watchers, strict=True):
+            task.add_done_callback(functools.partial(watch_ended, worker.index))
         host, port = self._admin.addresses[0][:2]
         log.info(
             "listening",
@@ -151,13 +112,27 @@ class Supervisor:
             workers=self.count,
         )
 
+    def _runtime_dir(self) -> Path:
+        """The private runtime directory with the settings snapshot in it. One
+        removed under a running pod (a /tmp cleaner) is replaced by a new one,
+        never re-made under its old, predictable name."""
+        if self._runtime is None or not self._runtime.is_dir():
+            if self._runtime is not None:
+                log.warning("runtime_dir_missing", path=str(self._runtime))
+            self._runtime = Path(tempfile.mkdtemp(prefix="shadow-proxy-"))  # mode 0700
+            self._snapshot = snapshot.write(self._runtime, self.settings, self.seen)
+        return self._runtime
+
     async def _spawn(self, worker: Worker) -> None:
-        worker.socket.parent.mkdir(mode=0o700, exist_ok=True)  # the last worker out removes it
+        worker.socket = self._runtime_dir() / worker.socket.name
         worker.socket.unlink(missing_ok=True)
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "proxy", "run", "--config", str(self.config_path),
+            # -P: the working directory is not put on sys.path, so a proxy/
+            # package there is never the one run.
+            sys.executable, "-P", "-m", "proxy", "run", "--config", str(self.config_path),
             "--workers", str(self.count), "--worker-index", str(worker.index),
             "--worker-port", str(self.port), "--worker-socket", str(worker.socket),
+            "--worker-settings", str(self._snapshot),
             # The worker stops when this pipe closes: when the supervisor is gone.
             stdin=subprocess.PIPE,
             # Its own session: a ^C on a terminal reaches the supervisor
@@ -167,6 +142,7 @@ class Supervisor:
         worker.attach(process, asyncio.get_running_loop().time())
         log.info("worker_started", worker=worker.index, pid=process.pid, socket=str(worker.socket))
         if self._stopping.is_set():  # stop() began while this one was being spawned
+            worker.state = WorkerState.STOPPING
             self._signal(worker, signal.SIGTERM)
 
     async def _ready(self, worker: Worker) -> bool:
@@ -261,27 +237,26 @@ class Supervisor:
         log.info("stopped")
 
     async def _close(self) -> None:
-        self._stopping.set()
+        self._stopping.set()  # from now on, a worker spawned gets SIGTERM at once (_spawn)
         s = self.settings.shutdown
         grace = s.drain_delay + s.timeout + s.shadow_grace + STOP_MARGIN
-        alive = [w for w in self.workers if w.alive]
-        for worker in alive:
-            worker.state = WorkerState.STOPPING
-            self._signal(worker, signal.SIGTERM)
-        loop = asyncio.get_running_loop()
-        waits = [loop.create_task(w.process.wait()) for w in alive if w.process is not None]
-        if waits:
-            await asyncio.wait(waits, timeout=grace)
-        for worker in alive:
-            if worker.alive:
-                log.error("worker_killed", worker=worker.index, after_s=grace)
-                self._signal(worker, signal.SIGKILL)
-        await asyncio.gather(*waits)
-        for worker in alive:
-            code = worker.process.returncode if worker.process else None
-            log.info("worker_stopped", worker=worker.index, **exit_status(code or 0))
-        await asyncio.gather(*self._watchers)
         for worker in self.workers:
+            if worker.alive:
+                worker.state = WorkerState.STOPPING
+                self._signal(worker, signal.SIGTERM)
+        try:
+            async with asyncio.timeout(grace):
+                await self._all_exited()
+        except TimeoutError:
+            for worker in self.workers:  # one spawned during the drain too
+                if worker.alive:
+                    log.error("worker_killed", worker=worker.index, after_s=grace)
+                    self._signal(worker, signal.SIGKILL)
+            await self._all_exited()
+        for worker in self.workers:
+            if worker.state is WorkerState.STOPPING and worker.process is not None:
+                code = worker.process.returncode or 0
+                log.info("worker_stopped", worker=worker.index, **exit_status(code))
             worker.state = WorkerState.STOPPED
             await worker.detach()
         await self._admin.cleanup()
@@ -290,11 +265,35 @@ class Supervisor:
         if self._runtime is not None:
             shutil.rmtree(self._runtime, ignore_errors=True)
 
+    async def _all_exited(self) -> None:
+        """Until no worker process runs and no watcher is left to start one."""
+        loop = asyncio.get_running_loop()
+        while True:
+            running = [w.process for w in self.workers if w.process and w.alive]
+            exits = {loop.create_task(process.wait()) for process in running}
+            watching = {t for t in self._watchers if not t.done()}
+            if not exits and not watching:
+                return
+            try:
+                await asyncio.wait(exits | watching, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in exits:
+                    task.cancel()
 
-async def supervise(settings: Settings, stop: asyncio.Event, config_path: Path, count: int) -> None:
+
+def watch_ended(index: int, task: asyncio.Task[None]) -> None:
+    """A watcher that raised no longer restarts its worker: say so, loudly."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("worker_watch_failed", worker=index, error=repr(exc), exc_info=exc)
+
+
+async def supervise(
+    settings: Settings, stop: asyncio.Event, config_path: Path, count: int, seen: Fingerprint = None
+) -> None:
     """Run ``count`` workers until ``stop`` is set, then drain them all. A stop
-    while the workers are starting undoes the start at once."""
-    supervisor = Supervisor(settings, config_path, count)
+    while the workers are starting undoes the start at once. ``seen``: the
+    config file's fingerprint from before ``settings`` were read."""
+    supervisor = Supervisor(settings, config_path, count, seen)
     loop = asyncio.get_running_loop()
     starting = loop.create_task(supervisor.start())
     stopped = loop.create_task(stop.wait())

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import signal
+import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -114,7 +117,8 @@ Starter = Callable[..., Awaitable[Running]]
 
 @pytest.fixture
 async def start(tmp_path: Path) -> AsyncIterator[Starter]:
-    """Start ``run --workers 2``; kill it (by PID) at the end if the test did not stop it."""
+    """Start ``run --workers 2``; stop it (by PID) at the end if the test did not:
+    SIGTERM, so the supervisor removes its runtime directory, then SIGKILL."""
     running: list[tuple[Running, asyncio.Task[None]]] = []
 
     async def go(config: dict[str, Any]) -> Running:
@@ -125,8 +129,12 @@ async def start(tmp_path: Path) -> AsyncIterator[Starter]:
     yield go
     for proc, reader in running:
         if proc.process.returncode is None:
-            proc.process.kill()
-            await proc.process.wait()
+            proc.process.terminate()
+            try:
+                await asyncio.wait_for(proc.process.wait(), timeout=20)
+            except TimeoutError:
+                proc.process.kill()
+                await proc.process.wait()
         await reader
 
 
@@ -146,7 +154,7 @@ async def test_two_workers_share_the_port_and_the_merged_counter_is_their_sum(
     assert all(n > 0 for n in served), f"one worker served everything: {served}"
     assert total(merged, REQUESTS) == sum(served) == 200
     # Gauges keep each worker's value apart; the supervisor adds its own series.
-    assert workers_of(merged, "process_resident_memory_bytes") == ["0", "1"]
+    assert workers_of(merged, "process_resident_memory_bytes") == ["0", "1", "supervisor"]
     assert total(merged, ("shadow_proxy_workers", {"state": "running"})) == 2
     assert total(merged, ("shadow_proxy_worker_restarts_total", {})) == 0
     # Each worker mirrored its share: every request reached the agent once.
@@ -154,7 +162,11 @@ async def test_two_workers_share_the_port_and_the_merged_counter_is_their_sum(
     await wait_until(
         lambda: admin_get(proc, "/metrics"), lambda t: total(t, sent) == 200, 5, "200 mirrored"
     )
-    assert len(agent.seen) == 200
+
+    async def seen() -> int:
+        return len(agent.seen)
+
+    await wait_until(seen, lambda n: n == 200, 5, "200 at the agent")
     worker_lines = [e for e in proc.events if e["event"] == "worker_listening"]
     assert sorted(e["worker"] for e in worker_lines) == [0, 1]
     await stop(proc)
@@ -169,8 +181,27 @@ async def test_sigterm_under_load_loses_nothing_and_exits_0(
         config(legacy, agent, shutdown={"drain_delay": "500ms", "timeout": "10s"}),
         tmp_path, "--workers", "2",
     )  # fmt: skip
+    sockets = [w["socket"] for w in started(proc).values()]
+
+    async def both_served() -> float:
+        """When each worker had served some of the load (its own metrics say)."""
+        while True:
+            try:
+                counts = [total(await worker_get(s, "/metrics"), REQUESTS) for s in sockets]
+            except (aiohttp.ClientError, OSError, AssertionError):
+                counts = []  # draining already
+            if len(counts) == 2 and all(n > 0 for n in counts):
+                return time.monotonic()
+            await asyncio.sleep(0.05)
+
+    watching = asyncio.create_task(both_served())
     load, signalled = await sigterm_under_load(proc)
     assert proc.process.returncode == 0
+    try:
+        both = await asyncio.wait_for(watching, timeout=1)  # the workers are gone: now or never
+    except TimeoutError:
+        both = math.inf
+    assert both < signalled, "the SIGTERM came before both workers had served"
     before = [o for o in load.outcomes if o.started < signalled - 0.01]
     assert len(before) > 50, "the load did not get going"
     assert {o.status for o in load.outcomes if o.status is not None} == {200}
@@ -220,9 +251,10 @@ async def test_a_killed_worker_is_restarted_and_the_merged_counter_never_goes_do
 
 
 async def test_a_share_set_through_the_supervisor_reaches_every_worker(
-    start: Starter, legacy: Fake, agent: Fake
+    start: Starter, legacy: Fake, agent: Fake, tmp_path: Path
 ) -> None:
-    proc = await start(config(legacy, agent, route={"rollout": {"mode": "manual"}}))
+    manual = {"rollout": {"mode": "manual"}}
+    proc = await start(config(legacy, agent, route=manual, state_file=str(tmp_path / "s.json")))
     url = f"{proc.admin}/rollout/api/share"
     async with aiohttp.ClientSession() as http:
         async with http.put(url, json={"percent": 25}) as refused:
@@ -239,13 +271,31 @@ async def test_a_share_set_through_the_supervisor_reaches_every_worker(
     for index in ("0", "1"):
         share = ("shadow_proxy_rollout_percent", {"route": "api", "worker": index})
         assert total(merged, share) == 25
+    agreed = json.loads(await admin_get(proc, "/rollout"))
+    assert agreed["routes"]["api"]["percent"] == 25 and "workers_disagree" not in agreed
+
+    # Behind the supervisor's back, on worker 1's own socket: the pod's view says so.
+    connector = aiohttp.UnixConnector(path=started(proc)[1]["socket"])
+    async with (
+        aiohttp.ClientSession(connector=connector) as http,
+        http.put("http://worker/rollout/api/share", json={"percent": 10}, headers=auth) as r,
+    ):
+        assert r.status == 200, await r.text()
+    split = json.loads(await admin_get(proc, "/rollout"))
+    assert {k: v["percent"] for k, v in split["workers_disagree"]["api"].items()} == {
+        "0": 25,
+        "1": 10,
+    }
     await stop(proc)
 
 
 async def test_a_reload_to_an_auto_rollout_is_rejected_by_every_worker(
     start: Starter, legacy: Fake, agent: Fake, tmp_path: Path
 ) -> None:
-    data = config(legacy, agent, route={"rollout": {"mode": "manual"}}, reload_interval="100ms")
+    data = config(
+        legacy, agent, route={"rollout": {"mode": "manual"}}, reload_interval="100ms",
+        state_file=str(tmp_path / "state.json"),
+    )  # fmt: skip
     proc = await start(data)
     data["routes"][0]["rollout"] = {"mode": "auto"}
     path = tmp_path / "proxy.yaml"
@@ -263,18 +313,41 @@ async def test_a_reload_to_an_auto_rollout_is_rejected_by_every_worker(
     await stop(proc)
 
 
-def test_local_coordination_with_an_auto_rollout_is_refused_with_two_workers(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("extra", "problem", "way_out"),
+    [
+        (
+            "state_file: state.json\nroutes: [{name: api, match: {prefix: /}, rollout: {}}]",
+            "routes.0.rollout.mode: route 'api' rolls out in auto mode",
+            "use rollout.mode: manual, coordination: redis, or one worker",
+        ),
+        (
+            "routes: [{name: api, match: {prefix: /}, rollout: {mode: manual, percent: 5}}]",
+            "routes.0.rollout: route 'api' has a rollout, but with --workers 2, coordination:"
+            " local and no state_file",
+            "set state_file, use coordination: redis, or one worker",
+        ),
+        (
+            "recording: {enabled: true, max_total_size: 1KiB, max_file_size: 1KiB}",
+            "recording.max_total_size: 1024 bytes divided among 2 workers leaves each 512",
+            "raise it or use fewer workers",
+        ),
+    ],
+    ids=["auto-rollout", "no-state-file", "recording-too-small"],
+)
+def test_what_two_local_workers_cannot_run_is_refused_at_start(
+    tmp_path: Path, extra: str, problem: str, way_out: str
 ) -> None:
     path = tmp_path / "proxy.yaml"
     path.write_text(
         "backends: {legacy: {url: 'http://127.0.0.1:9'}, agent: {url: 'http://127.0.0.1:9'}}\n"
-        "routes: [{name: api, match: {prefix: /}, rollout: {steps: [5, 50]}}]\n"
+        + extra
+        + "\n"
     )
     result = cli("run", "--config", str(path), "--workers", "2")
     assert result.returncode == 2
-    assert "routes.0.rollout.mode: route 'api' rolls out in auto mode" in result.stderr
-    assert "use rollout.mode: manual, coordination: redis, or one worker" in result.stderr
+    assert problem in result.stderr
+    assert way_out in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -303,3 +376,26 @@ def test_a_worker_that_cannot_start_stops_the_pod_with_its_error(tmp_path: Path)
     assert "admin.token_file: cannot read: No such file or directory" in result.stderr
     assert "before it was ready" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_a_second_supervisor_on_the_same_port_is_refused_like_one_process(
+    start: Starter, legacy: Fake, agent: Fake, tmp_path: Path
+) -> None:
+    """Its workers would join the first pod's SO_REUSEPORT group and take half
+    of its traffic without a word."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = config(legacy, agent)
+    data["listen"]["port"] = port
+    first = await start(data)
+    assert first.proxy == f"http://127.0.0.1:{port}"
+    second = tmp_path / "second.yaml"
+    second.write_text(yaml.safe_dump(data))
+    result = cli("run", "--config", str(second), "--workers", "2", timeout=20)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: cannot listen:")
+    assert f"('127.0.0.1', {port}): address already in use" in result.stderr.lower()
+    assert "Traceback" not in result.stderr
+    assert await fresh_requests(first.proxy, 20) == [200] * 20
+    await stop(first)

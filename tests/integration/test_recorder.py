@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -128,6 +129,32 @@ def test_the_oldest_files_are_deleted_to_keep_the_total_bounded(
     assert kept == list(range(kept[0], 100))  # the newest survive, contiguous
     assert kept[0] > 0
     assert recorder.stats().files_deleted >= 1
+
+
+def test_a_worker_names_counts_and_deletes_only_its_own_files(
+    tmp_path: Path, recorders: Callable[..., Recorder]
+) -> None:
+    """Under ``run --workers N`` the workers share the directory: worker 0 keeps
+    its own share of the total, and never deletes worker 1's files or those of
+    one process; its files from an earlier process are its own."""
+    sibling = tmp_path / "cases-20200101T000000.000Z-w1-7-0001.jsonl"
+    alone = tmp_path / "cases-20200101T000000.000Z-8-0001.jsonl"
+    mine = tmp_path / "cases-20200101T000000.000Z-w0-9-0001.jsonl"
+    for earlier in (sibling, alone, mine):
+        earlier.write_bytes(b"x" * 3000)
+    config = settings(tmp_path, max_file_size=2048, max_total_size=8192)
+    recorder = recorders(config, worker=0)
+    for n in range(100):
+        recorder.offer(case(n))
+    assert recorder.close(5.0)
+    assert sibling.exists() and alone.exists()
+    assert not mine.exists()
+    own = sorted(tmp_path.glob("cases-*-w0-*.jsonl"))
+    assert len(own) > 1
+    assert sum(f.stat().st_size for f in own) <= 8192
+    assert all(re.fullmatch(r"cases-\d{8}T[\d.]{10}Z-w0-\d+-\d{4}\.jsonl", f.name) for f in own)
+    kept = [int(c.id[2:], 16) for f in own for c in read_cases(f)]
+    assert kept == list(range(kept[0], 100))
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ on its own unix socket that a test can make refuse, fail or vanish."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy import workeradmin
 from proxy.admin import Health
 from proxy.worker import Worker, WorkerState
 from proxy.workeradmin import Pool, create_supervisor_admin
@@ -21,13 +23,17 @@ from proxy.workeradmin import Pool, create_supervisor_admin
 
 @dataclass
 class FakeWorker:
-    """A worker's admin app: counts what it is asked, answers as told."""
+    """A worker's admin app: counts what it is asked, answers as told, and
+    holds a share that ``PUT /rollout/api/share`` sets (after ``delays[percent]``
+    seconds, to make concurrent writes reach the workers in different orders)."""
 
     index: int
     write_status: int = 200
     ready: bool = True
     writes: list[tuple[str, str, bytes]] = field(default_factory=list)
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    share: float = 0.0
+    delays: dict[float, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.requests = Counter("app_requests", "Requests.", registry=self.registry)
@@ -50,14 +56,20 @@ class FakeWorker:
         return web.json_response({}, status=200 if self.ready else 503)
 
     async def _rollout(self, request: web.Request) -> web.Response:
-        return web.json_response({"from": self.index})
+        routes = {"api": {"stage": "canary", "percent": self.share, "reason": "set"}}
+        return web.json_response({"from": self.index, "routes": routes})
 
     async def _write(self, request: web.Request) -> web.Response:
         auth = request.headers.get("Authorization", "")
-        self.writes.append((request.path, auth, await request.read()))
+        body = await request.read()
+        self.writes.append((request.path, auth, body))
         if self.write_status != 200:
-            body = {"error": "conflict", "reason": "nothing pending"}
-            return web.json_response(body, status=self.write_status)
+            answer = {"error": "conflict", "reason": "nothing pending"}
+            return web.json_response(answer, status=self.write_status)
+        if request.path.endswith("/share"):
+            percent = float((await request.json())["percent"])
+            await asyncio.sleep(self.delays.get(percent, 0.0))
+            self.share = percent
         return web.json_response({"route": request.match_info["route"], "from": self.index})
 
 
@@ -147,7 +159,7 @@ async def test_reads_go_to_the_first_running_worker(supervisor: Factory) -> None
     s = await supervisor("local")
     s.pool.workers[0].state = WorkerState.RESTARTING
     response = await s.client.get("/rollout")
-    assert await response.json() == {"from": 1}
+    assert (await response.json())["from"] == 1
 
 
 async def test_a_worker_that_stopped_answering_is_a_502_naming_it(supervisor: Factory) -> None:
@@ -204,3 +216,64 @@ async def test_liveness_fails_while_a_worker_is_down(supervisor: Factory) -> Non
     response = await s.client.get("/healthz")
     assert response.status == 503
     assert (await response.json())["workers"] == {"0": "restarting", "1": "not answering"}
+
+
+async def test_liveness_stays_200_while_the_pod_drains(supervisor: Factory) -> None:
+    s = await supervisor("local")
+    s.pool.health.draining = True
+    s.pool.workers[0].state = WorkerState.STOPPING
+    s.pool.workers[1].state = WorkerState.STOPPING
+    await s.stop_worker(1)  # exited already; the other still drains
+    response = await s.client.get("/healthz")
+    assert response.status == 200
+    assert (await s.client.get("/readyz")).status == 503
+
+
+async def test_two_writes_at_once_leave_every_worker_at_the_same_share(supervisor: Factory) -> None:
+    s = await supervisor("local")
+    # Unserialised, worker 0 would apply 20 last and worker 1 would apply 10 last.
+    s.fakes[0].delays = {20.0: 0.3}
+    s.fakes[1].delays = {10.0: 0.3}
+
+    async def put(percent: float) -> int:
+        body = {"percent": percent}
+        response = await s.client.put("/rollout/api/share", json=body, headers=AUTH)
+        return response.status
+
+    assert await asyncio.gather(put(20), put(10)) == [200, 200]
+    assert s.fakes[0].share == s.fakes[1].share
+    assert "workers_disagree" not in await (await s.client.get("/rollout")).json()
+
+
+async def test_a_rollout_read_says_when_the_workers_shares_differ(supervisor: Factory) -> None:
+    s = await supervisor("local")
+    s.fakes[0].share, s.fakes[1].share = 20, 10
+    body = await (await s.client.get("/rollout")).json()
+    assert body["from"] == 0
+    assert body["workers_disagree"] == {
+        "api": {"0": {"stage": "canary", "percent": 20}, "1": {"stage": "canary", "percent": 10}}
+    }
+    s.fakes[1].share = 20
+    assert "workers_disagree" not in await (await s.client.get("/rollout")).json()
+
+
+async def test_a_worker_that_times_out_on_a_write_may_have_applied_it(
+    supervisor: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(workeradmin, "ADMIN_TIMEOUT", 0.2)
+    s = await supervisor("local")
+    s.fakes[1].delays = {5.0: 2.0}
+    response = await s.client.put("/rollout/api/share", json={"percent": 5}, headers=AUTH)
+    assert response.status == 504
+    body = await response.json()
+    assert body["worker"] == 1 and body["error"] == "gateway_timeout"
+    assert body["applied_by_workers"] == [0]
+    assert body["maybe_applied_by_workers"] == [1]
+
+
+async def test_the_supervisors_own_process_series_are_in_the_merged_metrics(
+    supervisor: Factory,
+) -> None:
+    s = await supervisor("local")
+    merged = samples(await (await s.client.get("/metrics")).text())
+    assert merged[("process_resident_memory_bytes", (("worker", "supervisor"),))] > 0

@@ -36,10 +36,12 @@ class Families(Collector):
         return self._families
 
 
-def rendered(merger: MetricsMerger) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def rendered(
+    merger: MetricsMerger, own: str = ""
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """The merged exposition as Prometheus reads it: (name, labels) -> value."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(Families(merger.families()))
+    registry.register(Families(merger.families(own)))
     text = generate_latest(registry).decode()
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -77,6 +79,20 @@ def test_gauges_keep_each_workers_value_under_a_worker_label() -> None:
     assert out[("app_share", (("route", "api"), ("worker", "0")))] == 25
     assert out[("app_share", (("route", "api"), ("worker", "1")))] == 25
     assert ("app_in_flight", ()) not in out
+
+
+def test_the_supervisors_own_series_join_as_worker_supervisor_by_the_same_rule() -> None:
+    a, own = Worker(), Worker()
+    a.requests.labels("api").inc(3)
+    a.in_flight.set(2)
+    own.requests.labels("api").inc(1)  # like its CPU seconds: part of the pod's
+    own.in_flight.set(7)  # like its resident memory: its own
+    merger = MetricsMerger()
+    merger.observe((0, 1), a.text())
+    out = rendered(merger, own.text())
+    assert out[("app_requests_total", (("route", "api"),))] == 4
+    assert out[("app_in_flight", (("worker", "0"),))] == 2
+    assert out[("app_in_flight", (("worker", "supervisor"),))] == 7
 
 
 def test_histograms_sum_bucket_by_bucket_with_their_sum_and_count() -> None:

@@ -4,18 +4,23 @@ rollouts refused under local coordination — at start and on reload."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
+from structlog.testing import capture_logs
 
 from proxy.app import build_metrics
 from proxy.errors import ConfigError
 from proxy.reload import ConfigWatcher
 from proxy.settings import Settings, settings_from
-from proxy.workerconfig import WorkerSpec, divide, for_worker, loader, local_rollout_problems
-from proxy.workers import next_backoff
+from proxy.worker import next_backoff
+from proxy.workerconfig import WorkerSpec, divide, for_worker, loader, worker_problems
+from proxy.workers import watch_ended
 
 BACKENDS = {"legacy": {"url": "http://127.0.0.1:8001"}, "agent": {"url": "http://127.0.0.1:8002"}}
 JUDGE = {"name": "judge", "url": "http://127.0.0.1:9/v1/chat/completions", "model": "m"}
@@ -121,8 +126,9 @@ def test_a_worker_listens_on_the_reserved_port_and_its_replica_name_is_its_own()
 def test_independent_auto_rollouts_are_refused_only_with_several_local_workers(
     coordination: str, rollout: dict[str, Any] | None, count: int, refused: bool
 ) -> None:
-    settings = settings_from({**config(rollout=rollout), "coordination": coordination})
-    problems = local_rollout_problems(settings, count)
+    data = {**config(rollout=rollout), "coordination": coordination, "state_file": "s.json"}
+    settings = settings_from(data)
+    problems = worker_problems(settings, count)
     assert bool(problems) is refused
     if refused:
         [problem] = problems
@@ -132,28 +138,78 @@ def test_independent_auto_rollouts_are_refused_only_with_several_local_workers(
             for_worker(settings, spec(count=count))
 
 
+@pytest.mark.parametrize(
+    ("coordination", "rollout", "state_file", "count", "refused"),
+    [
+        ("local", {"mode": "manual"}, None, 2, True),
+        ("local", {"mode": "manual", "percent": 5}, None, 8, True),
+        ("local", {"mode": "manual"}, "state.json", 2, False),
+        ("local", None, None, 2, False),  # no rollout: nothing to keep
+        ("redis", {"mode": "manual"}, None, 2, False),  # Redis keeps it
+        ("local", {"mode": "manual"}, None, 1, False),
+    ],
+)
+def test_a_local_rollout_without_a_state_file_is_refused_with_several_workers(
+    coordination: str, rollout: dict[str, Any] | None, state_file: str | None, count: int,
+    refused: bool,
+) -> None:  # fmt: skip
+    data = {**config(rollout=rollout), "coordination": coordination, "state_file": state_file}
+    settings = settings_from(data)
+    problems = worker_problems(settings, count)
+    assert bool(problems) is refused
+    if refused:
+        [problem] = problems
+        assert problem.startswith("routes.0.rollout: route 'api' has a rollout, but with")
+        assert "set state_file, use coordination: redis, or one worker" in problem
+        with pytest.raises(ConfigError):
+            for_worker(settings, spec(count=count))
+
+
+def test_a_recording_directory_too_small_to_divide_is_refused_not_cut_below_a_file() -> None:
+    recording = {"enabled": True, "max_total_size": "4KiB", "max_file_size": "1KiB"}
+    settings = settings_from({**config(), "recording": recording})
+    assert worker_problems(settings, 4) == []  # 1 KiB each: just enough
+    [problem] = worker_problems(settings, 8)
+    assert problem == (
+        "recording.max_total_size: 4096 bytes divided among 8 workers leaves each 512, less "
+        "than the 1024 a file needs; raise it or use fewer workers"
+    )
+    with pytest.raises(ConfigError):
+        for_worker(settings, spec(count=8))
+    with pytest.raises(ValidationError):  # divide never builds what the model refuses
+        divide(settings, 8)
+    off = settings_from({**config(), "recording": {**recording, "enabled": False}})
+    assert worker_problems(off, 8) == []
+    assert divide(off, 8).recording == off.recording
+
+
 def test_a_reload_that_turns_a_route_to_auto_is_rejected_and_the_old_config_kept(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "proxy.yaml"
-    path.write_text(yaml.safe_dump(config(rollout={"mode": "manual", "percent": 5})))
+    data = {**config(rollout={"mode": "manual", "percent": 5}), "state_file": "state.json"}
+    path.write_text(yaml.safe_dump(data))
     load = loader(spec(count=2))
     settings = load(path)
     applied: list[Settings] = []
     metrics = build_metrics(settings)
     watcher = ConfigWatcher(path, 60, lambda s: applied.append(s) or [], metrics, load)
 
-    path.write_text(yaml.safe_dump(config(rollout={"mode": "auto"})))
+    path.write_text(yaml.safe_dump({**data, **config(rollout={"mode": "auto"})}))
     assert watcher.check() is False
     assert applied == []
     rejected = {"result": "rejected"}
     assert metrics.registry.get_sample_value("shadow_proxy_config_reloads_total", rejected) == 1
 
-    path.write_text(yaml.safe_dump(config(rollout={"mode": "manual", "percent": 10})))
+    path.write_text(yaml.safe_dump({**data, **config(rollout={"mode": "manual", "percent": 10})}))
     assert watcher.check() is True
     assert applied[0].routes[0].rollout is not None
     assert applied[0].routes[0].rollout.percent == 10
     assert applied[0].listen.port == 18080  # still this worker's share
+
+    path.write_text(yaml.safe_dump(config(rollout={"mode": "manual", "percent": 20})))
+    assert watcher.check() is False  # a rollout, and no state_file any more
+    assert len(applied) == 1
 
 
 @pytest.mark.parametrize(
@@ -164,3 +220,16 @@ def test_a_restart_waits_1s_doubling_to_30s_and_1s_again_after_a_good_run(
     previous: float, ran_for: float, delay: float
 ) -> None:
     assert next_backoff(previous, ran_for) == delay
+
+
+async def test_a_worker_watcher_that_raises_is_logged_not_lost_in_silence() -> None:
+    async def watch() -> None:
+        raise RuntimeError("bug in the restart loop")
+
+    task = asyncio.get_running_loop().create_task(watch())
+    task.add_done_callback(functools.partial(watch_ended, 1))
+    with capture_logs() as logs:
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.sleep(0)  # done-callbacks run on the next turn
+    [event] = [e for e in logs if e["event"] == "worker_watch_failed"]
+    assert event["worker"] == 1 and "bug in the restart loop" in event["error"]

@@ -5,7 +5,6 @@ And no worker outlives its supervisor."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ import pytest
 import yaml
 from fakes import Fake
 from fleet import wait_until
-from test_cli import CLI, start_cli
+from test_cli import CLI
 from test_workers import (
     REQUESTS,
     Running,
@@ -117,7 +116,10 @@ async def test_a_restarted_worker_applies_the_hot_edits_its_siblings_applied(
 
 
 async def test_a_configmap_update_reaches_every_worker_through_the_swapped_symlink(
-    legacy: Fake, agent: Fake, tmp_path: Path
+    start: Starter,  # noqa: F811
+    legacy: Fake,
+    agent: Fake,
+    tmp_path: Path,
 ) -> None:
     """Kubernetes mounts proxy.yaml -> ..data/proxy.yaml, swaps ..data to a new
     directory and removes the old one."""
@@ -125,30 +127,19 @@ async def test_a_configmap_update_reaches_every_worker_through_the_swapped_symli
     (tmp_path / "..data").symlink_to("v1")
     (tmp_path / "proxy.yaml").symlink_to("..data/proxy.yaml")
     data = config(legacy, agent, reload_interval="100ms")
-    proc = await start_cli(data, tmp_path, "--workers", "2")  # written through the links
-    reader = asyncio.create_task(proc.read_events())
-    try:
-        data["routes"][0]["shadow"]["percent"] = 0
-        (tmp_path / "v2").mkdir()
-        (tmp_path / "v2" / "proxy.yaml").write_text(yaml.safe_dump(data))
-        (tmp_path / "..data_tmp").symlink_to("v2")
-        os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
-        shutil.rmtree(tmp_path / "v1")
+    proc = await start(data)  # written through the links
+    data["routes"][0]["shadow"]["percent"] = 0
+    (tmp_path / "v2").mkdir()
+    (tmp_path / "v2" / "proxy.yaml").write_text(yaml.safe_dump(data))
+    (tmp_path / "..data_tmp").symlink_to("v2")
+    os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
+    shutil.rmtree(tmp_path / "v1")
 
-        async def reloaded() -> list[int]:
-            return sorted(e["worker"] for e in proc.events if e["event"] == "config_reloaded")
+    async def reloaded() -> list[int]:
+        return sorted(e["worker"] for e in proc.events if e["event"] == "config_reloaded")
 
-        await wait_until(reloaded, lambda w: w == [0, 1], 10, "both workers reload")
-        await stop(proc)
-    finally:
-        if proc.process.returncode is None:  # SIGTERM: the supervisor removes its directory
-            proc.process.terminate()
-            try:
-                await asyncio.wait_for(proc.process.wait(), timeout=20)
-            except TimeoutError:
-                proc.process.kill()
-                await proc.process.wait()
-        await reader
+    await wait_until(reloaded, lambda w: w == [0, 1], 10, "both workers reload")
+    await stop(proc)
 
 
 async def test_a_runtime_directory_removed_under_the_pod_is_replaced_by_a_new_private_one(

@@ -1,7 +1,7 @@
 """One admitted mirror: what the live handler hands the shadow task, and the
 bytes it holds for comparison against the shared budget.
 
-The task starts once the live exchange has ended (``Shadow.launch``), so both
+The task starts once the live exchange has ended (``ShadowJob.start``), so both
 of its inputs are known by then: it never waits on the client's clock."""
 
 from __future__ import annotations

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import orjson
 
+from proxy import atomicfile
 from proxy.golden import Answer, Body, Case, CaseError, Label, LabelVerdict, case_time
 
 
@@ -101,21 +100,5 @@ def label_case(
         out.append(line if new is None else new)
     if not found:
         raise LabelError(f"no case with id {case_id!r} in {path}")
-    _replace(path, b"".join(out))
+    atomicfile.replace(path, b"".join(out), keep_mode=True)
     return found
-
-
-def _replace(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        with contextlib.suppress(OSError):
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

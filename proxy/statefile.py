@@ -8,13 +8,12 @@ says something else at the next start, someone edited it, and that edit wins.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from proxy import atomicfile
 
 VERSION = 1
 
@@ -37,14 +36,4 @@ def load(path: Path) -> dict[str, dict[str, Any]]:
 def save(path: Path, routes: dict[str, dict[str, Any]]) -> None:
     payload = orjson.dumps({"version": VERSION, "routes": routes}, option=orjson.OPT_INDENT_2)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomicfile.replace(path, payload)

@@ -12,6 +12,7 @@ serve another request.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import deque
 from typing import cast
 
@@ -27,13 +28,27 @@ LOW_WATER = HIGH_WATER // 4
 # The response head's size limit (status line plus headers), like nginx's
 # proxy buffer: a backend sending more is broken, not something to forward.
 MAX_HEAD = 64 * 1024
+# One read from a socket, at most. The parser copies what it keeps out of the
+# buffer at once, so all connections of a thread read into the same one. The
+# transports' own reads are 256 KiB, each a new object: 32 connections
+# streaming 1 MB answers then held 7 MB more at their peak; at 64 KiB reads
+# the same answers went a fifth slower.
+READ_SIZE = 128 * 1024
+_buffers = threading.local()
+
+
+def _read_buffer() -> memoryview:
+    buffer: memoryview | None = getattr(_buffers, "view", None)
+    if buffer is None:
+        buffer = _buffers.view = memoryview(bytearray(READ_SIZE))
+    return buffer
 
 
 class _HeadOnly(Exception):
     """Raised inside the parser to stop it after the head of a HEAD response."""
 
 
-class Connection(asyncio.Protocol):
+class Connection(asyncio.BufferedProtocol):
     """The protocol object of one connection; at most one exchange at a time."""
 
     def __init__(self) -> None:
@@ -43,6 +58,7 @@ class Connection(asyncio.Protocol):
         self.lost = False
         self._parser = httptools.HttpResponseParser(self)
         self._loop = asyncio.get_running_loop()
+        self._buffer = _read_buffer()
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
         self._reset(False)
@@ -155,7 +171,13 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._buffer[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         if self._head_done is None or self.complete:
             # Bytes nobody asked for: the backend is confused. Never reuse.
             self._fail(InvalidResponseError("data after the response ended"))

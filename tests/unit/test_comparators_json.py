@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 import orjson
 import pytest
 
 from comparators import Difference, DiffKind, JsonComparator, Result, Sample, Verdict
+from comparators.json_body import LARGE
 from comparators.treediff import MAX_PAIRING
 
 C, M, X, T = DiffKind.CHANGED, DiffKind.MISSING, DiffKind.EXTRA, DiffKind.TYPE
@@ -246,3 +248,76 @@ def test_values_python_calls_equal_but_json_does_not_are_still_told_apart(
     """Python's ``True == 1`` must not let the fast path call these the same."""
     result = JsonComparator()(Sample(200, body=legacy), Sample(200, body=agent))
     assert result.verdict is Verdict.MISMATCH
+
+
+def _large(doc: Any) -> Any:
+    """``doc`` beside a filler that takes its JSON past the large-document size."""
+    return {"filler": ["x" * 64] * (LARGE // 64), "doc": doc}
+
+
+@pytest.mark.parametrize(
+    ("legacy", "agent"),
+    [
+        ({"a": 1, "b": [True, None]}, {"b": [True, None], "a": 1}),
+        ({"a": 1}, {"a": 1.0}),
+        ({"a": [1, True]}, {"a": [True, 1]}),
+        ({"a": True}, {"a": 1}),
+        ({"a": "x", "b": 2}, {"a": "y"}),
+    ],
+)
+def test_large_documents_get_the_same_verdicts_as_small_ones(legacy: Any, agent: Any) -> None:
+    """Past the large size the documents are parsed another way and matched by
+    their canonical bytes, one at a time; what differs is still walked and named."""
+    small = run(legacy, agent)
+    large = run(_large(legacy), _large(agent))
+    assert len(orjson.dumps(_large(legacy))) > LARGE
+    assert large.verdict is small.verdict
+    assert diffs(large) == [(f"$.doc{p[1:]}", k, a, b) for p, k, a, b in diffs(small)]
+
+
+@pytest.mark.parametrize("bad", [b"NaN", b"-Infinity", b"1e400"])
+def test_large_legacy_answers_follow_the_same_json_rules(bad: bytes) -> None:
+    """No NaN, no Infinity, no number past a double's range, large or small."""
+    body = orjson.dumps(_large(None)).replace(b'"doc":null', b'"doc":' + bad)
+    for size in (body, b'{"doc":' + bad + b"}"):
+        result = JsonComparator()(Sample(200, body=size), Sample(200, body=b"{}"))
+        assert result.verdict is Verdict.SKIPPED
+        assert result.reason.startswith("legacy body is not JSON")
+
+
+def test_a_large_document_deeper_than_the_stdlib_parser_goes_is_still_compared() -> None:
+    deep = b"[" * 1000 + b"1" + b"]" * 1000
+    body = b'{"filler":"' + b"x" * LARGE + b'","doc":' + deep + b"}"
+    other = body.replace(b"[1]", b"[2]")
+    result = JsonComparator()(Sample(200, body=body), Sample(200, body=other))
+    assert result.verdict is Verdict.MISMATCH
+    assert result.differences[0].path == "$.doc" + "[0]" * 1000
+
+
+def test_a_large_legacy_answer_against_invalid_agent_json_is_a_type_mismatch() -> None:
+    body = orjson.dumps(_large({"a": 1}))
+    result = JsonComparator()(Sample(200, body=body), Sample(200, body=body[:-1]))
+    (diff,) = result.differences
+    assert (result.verdict, diff.path, diff.kind) == (Verdict.MISMATCH, "$", DiffKind.TYPE)
+    assert diff.agent.startswith("<invalid JSON: ")
+
+
+def test_comparing_two_large_answers_costs_about_one_parsed_tree_of_memory() -> None:
+    """Not two trees, and not orjson's document model (about ten times the
+    body) on top: agreeing 1 MB answers peak below two trees (one, plus the
+    text and the canonical bytes of both)."""
+    doc = {"items": [{"id": i, "name": f"item {i}", "tags": ["a", "b"]} for i in range(20000)]}
+    legacy = orjson.dumps(doc)
+    agent = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
+    tracemalloc.start()
+    try:
+        tree = orjson.loads(legacy)
+        one_tree = tracemalloc.get_traced_memory()[0]
+        del tree
+        tracemalloc.reset_peak()
+        result = JsonComparator()(Sample(200, body=legacy), Sample(200, body=agent))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.verdict is Verdict.MATCH
+    assert peak < 2 * one_tree, (peak, one_tree)

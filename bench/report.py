@@ -170,7 +170,7 @@ Only shadow-proxy compares: the agent answers the same JSON as legacy with its
 keys in another order, so each pair is parsed and found equal (confirmed in C;
 a pair with any difference is walked in Python, about 15 µs for this
 25-leaf answer). With 1 MB bodies it compares at most one pair at a time and
-a quarter of the time, and holds at most `shadow.max_capture_memory` (8 MiB
+a quarter of the time, and holds at most `shadow.max_capture_memory` (4 MiB
 by default) of bodies. A request whose legacy answer does not fit is counted
 as `dropped_memory` and not sent to the agent (there would be nothing to
 compare it with), which lowers its *mirrored* share; a pair that arrives while

@@ -236,7 +236,7 @@ class ShadowSettings(Model):
         None,
         description="bodies held for comparison by all shadow requests together; "
         "a request whose bodies do not fit is dropped (dropped_memory). "
-        "Default: 8 x capture_limit",
+        "Default: 4 x capture_limit",
     )
     add_headers: dict[str, str] = Field(default_factory=dict)
     drop_headers: tuple[str, ...] = ()
@@ -259,9 +259,14 @@ class ShadowSettings(Model):
 
     @property
     def capture_memory(self) -> int:
-        """The bound in force: the configured one, or eight bodies' worth."""
+        """The bound in force: the configured one, or four bodies' worth.
+
+        Large pairs are compared one at a time, a quarter of the time (the
+        comparison lane), so holding more of them mostly holds bodies whose
+        comparison is then skipped.
+        """
         if self.max_capture_memory is None:
-            return 8 * self.capture_limit
+            return 4 * self.capture_limit
         return self.max_capture_memory
 
     @model_validator(mode="after")

@@ -165,7 +165,7 @@ async def test_a_reload_changes_the_memory_bound_in_force(
     make_proxy: ProxyFactory, legacy: Fake, agent: Fake
 ) -> None:
     """Raised from 1 KiB to 2 KiB, the same two answers both fit; unset, the
-    default of eight capture limits applies."""
+    default of four capture limits applies."""
     legacy.body = b'{"pad": "' + b"p" * 590 + b'"}'
     agent.delay = 0.5
     cfg = config(legacy.url, agent, capture_limit="1KiB", max_capture_memory="1KiB")
@@ -184,4 +184,4 @@ async def test_a_reload_changes_the_memory_bound_in_force(
 
     del cfg["shadow"]["max_capture_memory"]
     core.apply(settings_from(cfg))
-    assert budget(proxy).limit == 8 * 1024
+    assert budget(proxy).limit == 4 * 1024

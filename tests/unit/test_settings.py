@@ -125,13 +125,13 @@ def test_each_bad_value_names_its_field_and_reason(data: dict[str, Any], expecte
 @pytest.mark.parametrize(
     ("shadow", "configured", "in_force"),
     [
-        ({}, None, 8 * 1024 * 1024),  # eight bodies of the default 1 MiB
-        ({"capture_limit": "64KiB"}, None, 512 * 1024),
+        ({}, None, 4 * 1024 * 1024),  # four bodies of the default 1 MiB
+        ({"capture_limit": "64KiB"}, None, 256 * 1024),
         ({"capture_limit": "64KiB", "max_capture_memory": "64KiB"}, 65536, 65536),
         ({"capture_limit": "64KiB", "max_capture_memory": "1MiB"}, 1024**2, 1024**2),
     ],
 )  # fmt: skip
-def test_capture_memory_defaults_to_eight_capture_limits(
+def test_capture_memory_defaults_to_four_capture_limits(
     shadow: dict[str, Any], configured: int | None, in_force: int
 ) -> None:
     settings = settings_from({**MINIMAL, "shadow": shadow}).shadow

@@ -15,7 +15,6 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from time import perf_counter
 
 import structlog
@@ -23,6 +22,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.agentmetrics import genai_attributes
+from proxy.answer import Accounting, Answer, answered, fetch
 from proxy.capture import BodyCapture
 from proxy.downstream import ClientGoneError, Downstream, cut_off
 from proxy.errors import UpstreamError
@@ -48,19 +48,6 @@ FALLBACK_REASON = "X-Fallback-Reason"
 
 # Forwards to legacy through the live path: (body, extra response headers).
 LegacyForward = Callable[[bytes, CIMultiDict[str]], Awaitable[web.StreamResponse]]
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """A buffered answer: what the comparison sees and what a client would get."""
-
-    observation: Observation
-    headers: CIMultiDict[str]
-    failure: Failure | None = None  # no answer at all, and why
-
-    @property
-    def error_kind(self) -> str | None:  # connect | timeout | disconnect | invalid_response
-        return self.failure.kind if self.failure is not None else None
 
 
 def _respond(answer: Answer, served_by: str, reason: str | None = None) -> web.Response:
@@ -268,44 +255,18 @@ class AgentPath:
     ) -> Answer:
         """One exchange, read whole up to ``limit`` (body None past it), in its
         own span; errors are data. An agent's answer is read for its usage."""
-        mode = Mode.LIVE
-        timeout = upstream.timeout(budget) if budget is not None else upstream.default_timeout
+        limits = upstream.timeout(budget) if budget is not None else upstream.default_timeout
         span = self._tracing.span(
             "live", trace, route=route.name, backend=upstream.name, attempt=attempt
         )
         headers = CIMultiDict(headers)  # legacy's call runs alongside: each its own parent id
         headers.update(span.headers())
-        start = perf_counter()
-        capture = BodyCapture(limit)
-        content_type: str | None = None  # set once a head arrived: the body may break off
-        try:
-            async with upstream.request(
-                request.method, request.raw_path, headers, body or None, timeout=timeout
-            ) as response:
-                content_type = response.headers.get("Content-Type", "")
-                kept = await response.read_into(capture)
-                latency = perf_counter() - start
-                self._metrics.upstream(route.name, upstream.name, mode, latency)
-                obs = Observation(
-                    upstream.name, response.status, lowered(response.headers), kept, latency
-                )
-                response_headers = CIMultiDict(response.headers)
-        except Exception as exc:  # every failure is data here
-            # Name the configured timeout, not what was left of it after retries.
-            failure = upstream.failure(exc, upstream.default_timeout)
-            span.end(failure.kind)
-            self._metrics.upstream_error(route.name, upstream.name, mode, failure.kind)
-            obs = Observation(upstream.name, latency=perf_counter() - start, error=failure.reason)
-            if upstream is self.agent and content_type is not None:  # cut: usage missing
-                self._metrics.agent.cut(
-                    route.name, mode, route.agent, content_type, capture.value(), obs.latency,
-                    failure.kind,
-                )  # fmt: skip
-            return Answer(obs, CIMultiDict(), failure)
-        if upstream is self.agent:
-            obs = self._metrics.agent.answer(route.name, mode, route.agent, obs, span)
-        _ended(span, obs.status)
-        return Answer(obs, response_headers)
+        account = Accounting(self._metrics, route, Mode.LIVE, agent=upstream is self.agent)
+        # A failure names the configured timeout, not what was left of it after retries.
+        return await fetch(
+            upstream, request.method, request.raw_path, headers, body, BodyCapture(limit), limits,
+            span, account, named=upstream.default_timeout,
+        )  # fmt: skip
 
     async def _streamed(
         self,
@@ -334,7 +295,7 @@ class AgentPath:
             ) as up:
                 status_bad = (up.status >= 500 and policy.on_5xx) or up.status in policy.statuses
                 if status_bad and rt.fallback_enabled and safe:
-                    _ended(span, up.status)
+                    answered(span, up.status)
                     rt.agent_result(
                         up.status < 500, None, time.monotonic(), Mode.LIVE, self._metrics
                     )
@@ -366,8 +327,8 @@ class AgentPath:
                 obs = Observation(
                     AGENT, up.status, lowered(up.headers), copy.value(), latency, usage=usage
                 )
-                _ended(span, up.status)
-                answer = Answer(obs, CIMultiDict(up.headers))
+                answered(span, up.status)
+                answer = Answer(obs, up.headers)
                 self._later(route, rt, request, headers, trace, body, legacy_call, answer, AGENT)
                 return response
         except ClientGoneError:
@@ -458,11 +419,6 @@ class AgentPath:
             await self._evidence.record(exchange, route, legacy, agent.observation, rt.window)
 
         self._tasks.spawn(judge(), name=f"evidence:{route.name}")
-
-
-def _ended(span: Span, status: int) -> None:
-    span.set(status=status)
-    span.end(f"status {status}" if status >= 500 else None)
 
 
 def _agent_failed(failure: Failure) -> web.Response:

@@ -16,15 +16,15 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from time import perf_counter
 
 import structlog
 from asyncio_throttle.throttler import Throttler
 from multidict import CIMultiDict
 
+from proxy.answer import Accounting, fetch
 from proxy.capture import CaptureBudget
 from proxy.evidence import Evidence, Exchange
-from proxy.headers import REQUEST_ID, lowered, to_shadow
+from proxy.headers import REQUEST_ID, to_shadow
 from proxy.job import ShadowJob
 from proxy.metrics import Metrics
 from proxy.routes import CompiledRoute
@@ -259,27 +259,12 @@ class Shadow:
         span = self._tracing.span(span_name, job.trace, route=job.route.name, backend=upstream.name)
         headers = CIMultiDict(job.legacy_headers or ())  # legacy's request, not the agent's
         headers.update(span.headers())
-        start = perf_counter()
-        try:
-            async with upstream.request(
-                job.method, job.raw_path, headers, body or None, timeout=self._timeout
-            ) as response:
-                kept = await response.read_into(job.capture())
-                latency = perf_counter() - start
-                span.set(status=response.status)
-                span.end()
-                self._metrics.upstream(job.route.name, upstream.name, mode, latency)
-                return Observation(
-                    upstream.name, response.status, lowered(response.headers), kept, latency
-                )
-        except asyncio.CancelledError:
-            span.end("cancelled")
-            raise
-        except Exception as exc:  # failures are data
-            failure = upstream.failure(exc, self._timeout)
-            span.end(failure.kind)
-            self._metrics.upstream_error(job.route.name, upstream.name, mode, failure.kind)
-            return Observation(upstream.name, latency=perf_counter() - start, error=failure.reason)
+        account = Accounting(self._metrics, job.route, mode, agent=False)
+        answer = await fetch(
+            upstream, job.method, job.raw_path, headers, body, job.capture(), self._timeout, span,
+            account,
+        )  # fmt: skip
+        return answer.observation
 
     async def _call_agent(self, job: ShadowJob, body: bytes, extra: bool = False) -> Observation:
         """The agent's answer, read for its usage and charged to the route's
@@ -289,55 +274,30 @@ class Shadow:
         span = self._tracing.span("shadow", job.trace, route=name, backend=AGENT, mode="shadow")
         headers = CIMultiDict(job.headers) if extra else job.headers  # extras run together
         headers.update(span.headers())
-        start = perf_counter()
-        capture = job.capture()
-        content_type: str | None = None  # set once a head arrived: the body may break off
+        account = Accounting(self._metrics, job.route, Mode.SHADOW, agent=True)
         try:
-            async with self.agent.request(
-                job.method, job.raw_path, headers, body or None, timeout=self._timeout
-            ) as response:
-                content_type = response.headers.get("Content-Type", "")
-                kept = await response.read_into(capture)  # None: comparison skipped
-                latency = perf_counter() - start
-                observation = Observation(
-                    AGENT, response.status, lowered(response.headers), kept, latency
-                )
+            answer = await fetch(
+                self.agent, job.method, job.raw_path, headers, body, job.capture(), self._timeout,
+                span, account,
+            )  # fmt: skip
         except asyncio.CancelledError:
-            span.end("cancelled")
             if job.runtime is not None and not extra:  # a probe must report back
                 job.runtime.agent_cancelled(time.monotonic())
             raise
-        except Exception as exc:  # every agent-side failure is data, never an exception
-            failure = self.agent.failure(exc, self._timeout)
-            span.end(failure.kind)
-            timed_out = failure.kind == "timeout"
-            self._metrics.upstream_error(name, AGENT, Mode.SHADOW, failure.kind)
-            if not extra:
+        observation, failure = answer.observation, answer.failure
+        self._tokens.charge(job, observation.usage)
+        if failure is not None:  # every agent-side failure is data, never an exception
+            log.info("shadow_failed", route=name, request_id=job.request_id, detail=failure.detail)
+        if not extra:
+            if failure is not None:
+                timed_out = failure.kind == "timeout"
                 outcome = ShadowOutcome.TIMEOUT if timed_out else ShadowOutcome.ERROR
                 self._metrics.shadow(name, outcome)
                 self._agent_result(job, False, None)
-            log.info("shadow_failed", route=name, request_id=job.request_id, detail=failure.detail)
-            self._tokens.charge(job, None)
-            latency = perf_counter() - start
-            if content_type is not None:  # it broke off mid-answer: its usage is missing
-                self._metrics.agent.cut(
-                    name, Mode.SHADOW, job.route.agent, content_type, capture.value(), latency,
-                    failure.kind,
-                )  # fmt: skip
-            return Observation(AGENT, latency=latency, error=failure.reason)
-        observation = self._metrics.agent.answer(
-            name, Mode.SHADOW, job.route.agent, observation, span
-        )
-        usage = observation.usage
-        self._tokens.charge(job, usage)
-        status = observation.status
-        span.set(status=status)
-        span.end(f"status {status}" if status >= 500 else None)
-        self._metrics.upstream(name, AGENT, Mode.SHADOW, latency)
-        if not extra:
-            self._metrics.shadow(name, ShadowOutcome.COMPLETED)
-            ok = status < 500
-            self._agent_result(job, ok, latency if ok else None)
+            else:
+                self._metrics.shadow(name, ShadowOutcome.COMPLETED)
+                ok = observation.status < 500
+                self._agent_result(job, ok, observation.latency if ok else None)
         return observation
 
     def _agent_result(self, job: ShadowJob, ok: bool, latency: float | None) -> None:

@@ -48,6 +48,16 @@ async def raw_legacy() -> AsyncIterator[RawServer]:
         yield server
 
 
+@pytest.fixture
+async def collector(aiohttp_server: Any) -> AsyncIterator[Any]:
+    """A fake OTLP/HTTP collector (tests/otlp.py); exports it holds are let go at the end."""
+    from otlp import start_collector  # opentelemetry-proto: only the tracing tests need it
+
+    state = await start_collector(aiohttp_server)
+    yield state
+    state.release.set()
+
+
 class Proxy:
     def __init__(self, client: TestClient[Any, Any], settings: Settings, metrics: Metrics) -> None:
         self.client = client

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fakes import Fake, dead_url, start_fake
 from multidict import CIMultiDict
-from otlp import Collector, start_collector
+from otlp import Collector
 
 from proxy.answer import Accounting, Answer, fetch
 from proxy.app import build_metrics
@@ -23,13 +23,6 @@ from proxy.types import Mode
 from proxy.upstream import Upstream
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
-
-
-@pytest.fixture
-async def collector(aiohttp_server: Any) -> Any:
-    state = await start_collector(aiohttp_server)
-    yield state
-    state.release.set()
 
 
 async def call(url: str, collector: Collector) -> tuple[Answer, Metrics]:

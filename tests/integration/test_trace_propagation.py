@@ -16,7 +16,7 @@ from conftest import Proxy, ProxyFactory
 from fakes import Fake, Reply, Seen, dead_url
 from multidict import CIMultiDict
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
-from otlp import Collector, start_collector
+from otlp import Collector
 from structlog.testing import capture_logs
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -216,11 +216,6 @@ async def test_shadow_side_log_events_carry_the_trace_id(
 
 
 # -- span export -----------------------------------------------------------------
-
-
-@pytest.fixture
-async def collector(aiohttp_server: Any) -> Collector:
-    return await start_collector(aiohttp_server)
 
 
 def backend(span: ProtoSpan) -> str:

@@ -14,7 +14,7 @@ import structlog.testing
 from aiohttp import ClientSession, web
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
-from otlp import Collector, start_collector
+from otlp import Collector
 from pydantic import ValidationError
 
 from proxy.errors import ConfigError
@@ -23,13 +23,6 @@ from proxy.tracing import Span, Tracing, TracingSettings
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
-
-
-@pytest.fixture
-async def collector(aiohttp_server: Any) -> Any:
-    state = await start_collector(aiohttp_server)
-    yield state
-    state.release.set()
 
 
 @pytest.fixture

@@ -36,6 +36,14 @@ class Families(Collector):
         return self._families
 
 
+def scraped(*workers: Worker) -> MetricsMerger:
+    """A merger that has scraped each worker once (worker i, first generation)."""
+    merger = MetricsMerger()
+    for index, worker in enumerate(workers):
+        merger.observe((index, 1), worker.text())
+    return merger
+
+
 def rendered(
     merger: MetricsMerger, own: str = ""
 ) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -56,9 +64,7 @@ def test_counters_with_equal_labels_are_summed_and_other_labels_kept_apart() -> 
     a.requests.labels("api").inc(3)
     b.requests.labels("api").inc(4)
     b.requests.labels("search").inc(1)
-    merger = MetricsMerger()
-    merger.observe((0, 1), a.text())
-    merger.observe((1, 1), b.text())
+    merger = scraped(a, b)
     out = rendered(merger)
     assert out[("app_requests_total", (("route", "api"),))] == 7
     assert out[("app_requests_total", (("route", "search"),))] == 1
@@ -70,9 +76,7 @@ def test_gauges_keep_each_workers_value_under_a_worker_label() -> None:
     b.in_flight.set(5)
     a.share.labels("api").set(25)
     b.share.labels("api").set(25)
-    merger = MetricsMerger()
-    merger.observe((0, 1), a.text())
-    merger.observe((1, 1), b.text())
+    merger = scraped(a, b)
     out = rendered(merger)
     assert out[("app_in_flight", (("worker", "0"),))] == 2
     assert out[("app_in_flight", (("worker", "1"),))] == 5
@@ -87,8 +91,7 @@ def test_the_supervisors_own_series_join_as_worker_supervisor_by_the_same_rule()
     a.in_flight.set(2)
     own.requests.labels("api").inc(1)  # like its CPU seconds: part of the pod's
     own.in_flight.set(7)  # like its resident memory: its own
-    merger = MetricsMerger()
-    merger.observe((0, 1), a.text())
+    merger = scraped(a)
     out = rendered(merger, own.text())
     assert out[("app_requests_total", (("route", "api"),))] == 4
     assert out[("app_in_flight", (("worker", "0"),))] == 2
@@ -100,9 +103,7 @@ def test_histograms_sum_bucket_by_bucket_with_their_sum_and_count() -> None:
     for value in (0.05, 0.5, 5.0):
         a.latency.labels("api").observe(value)
     b.latency.labels("api").observe(0.5)
-    merger = MetricsMerger()
-    merger.observe((0, 1), a.text())
-    merger.observe((1, 1), b.text())
+    merger = scraped(a, b)
     out = rendered(merger)
     route = ("route", "api")
     assert out[("app_latency_seconds_bucket", (("le", "0.1"), route))] == 1
@@ -118,9 +119,7 @@ def test_a_replaced_worker_leaves_its_counts_in_the_sum_and_its_gauges_go() -> N
     a.latency.labels("api").observe(0.5)
     a.in_flight.set(3)
     b.requests.labels("api").inc(4)
-    merger = MetricsMerger()
-    merger.observe((0, 1), a.text())
-    merger.observe((1, 1), b.text())
+    merger = scraped(a, b)
     before = rendered(merger)[("app_requests_total", (("route", "api"),))]
 
     merger.retire((0, 1))  # worker 0's process died; generation 2 starts from zero
@@ -140,9 +139,7 @@ def test_a_scrape_that_failed_keeps_the_workers_last_values() -> None:
     a.requests.labels("api").inc(10)
     a.in_flight.set(1)
     b.requests.labels("api").inc(4)
-    merger = MetricsMerger()
-    merger.observe((0, 1), a.text())
-    merger.observe((1, 1), b.text())
+    merger = scraped(a, b)
     b.requests.labels("api").inc(6)
     merger.observe((1, 1), b.text())  # worker 0 did not answer this time
     out = rendered(merger)
@@ -153,8 +150,7 @@ def test_a_scrape_that_failed_keeps_the_workers_last_values() -> None:
 def test_a_scrape_of_a_retired_process_that_arrives_late_is_not_counted_twice() -> None:
     a = Worker()
     a.requests.labels("api").inc(10)
-    merger = MetricsMerger()
-    merger.observe((0, 1), a.text())
+    merger = scraped(a)
     late = a.text()
     merger.retire((0, 1))
     merger.observe((0, 1), late)  # a scrape that was under way when the process died
@@ -164,7 +160,6 @@ def test_a_scrape_of_a_retired_process_that_arrives_late_is_not_counted_twice() 
 def test_a_family_only_retired_workers_had_is_still_exposed() -> None:
     a = Worker()
     a.requests.labels("gone").inc(2)
-    merger = MetricsMerger()
-    merger.observe((0, 1), a.text())
+    merger = scraped(a)
     merger.retire((0, 1))
     assert rendered(merger) == {("app_requests_total", (("route", "gone"),)): 2}
